@@ -1,0 +1,98 @@
+// Compute backend selection: loads the requested TensorFlow.js backend (or the first that loads,
+// for `auto`), registers the project's training kernels where the backend lacks them.
+import * as tf from '@tensorflow/tfjs';
+
+export const BACKEND_NAMES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+export type ConcreteBackend = Exclude<BackendName, 'auto'>;
+
+/** Order in which `auto` tries backends: fastest first, the pure-JS one last. */
+export const AUTO_ORDER: readonly ConcreteBackend[] = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+
+/** A backend that was asked for by name and cannot be loaded on this machine. */
+export class BackendUnavailableError extends Error {
+  constructor(
+    readonly backend: ConcreteBackend,
+    readonly reason: string,
+  ) {
+    super(`backend '${backend}' is not available: ${reason}`);
+    this.name = 'BackendUnavailableError';
+  }
+}
+
+export interface BackendChoice {
+  /** The name the user knows (`wasm`, `tensorflow-gpu`, ...). */
+  name: ConcreteBackend;
+  /** The name tfjs registered it under (`wasm`, `tensorflow`, `cpu`). */
+  tfName: string;
+}
+
+async function importOptional(pkg: string): Promise<unknown> {
+  // A variable specifier keeps bundlers and type checkers from requiring the optional package.
+  return import(/* @vite-ignore */ pkg);
+}
+
+async function load(name: ConcreteBackend): Promise<BackendChoice> {
+  switch (name) {
+    case 'tensorflow-gpu':
+    case 'tensorflow': {
+      const pkg = name === 'tensorflow-gpu' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node';
+      try {
+        await importOptional(pkg);
+      } catch (err) {
+        throw new BackendUnavailableError(name, `${pkg} is not installed or failed to load (${firstLine(err)}); see README "GPU and native TensorFlow"`);
+      }
+      if (!(await tf.setBackend('tensorflow'))) {
+        throw new BackendUnavailableError(name, `${pkg} loaded but its 'tensorflow' backend did not initialise`);
+      }
+      return { name, tfName: 'tensorflow' };
+    }
+    case 'wasm': {
+      await import('@tensorflow/tfjs-backend-wasm');
+      const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
+      registerWasmTrainingKernels();
+      if (!(await tf.setBackend('wasm'))) {
+        throw new BackendUnavailableError(name, 'the wasm backend did not initialise');
+      }
+      return { name, tfName: 'wasm' };
+    }
+    case 'cpu': {
+      await tf.setBackend('cpu');
+      return { name, tfName: 'cpu' };
+    }
+  }
+}
+
+function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split('\n')[0];
+}
+
+/**
+ * Makes `requested` the active tfjs backend. `auto` takes the first of AUTO_ORDER that loads and
+ * reports the choice through `log`; a named backend that cannot load throws BackendUnavailableError.
+ */
+export async function useBackend(
+  requested: BackendName,
+  log: (line: string) => void = () => {},
+): Promise<BackendChoice> {
+  if (!(BACKEND_NAMES as readonly string[]).includes(requested)) {
+    throw new Error(`unknown backend '${requested}' (choose from ${BACKEND_NAMES.join(', ')})`);
+  }
+  if (requested !== 'auto') {
+    const choice = await load(requested);
+    await tf.ready();
+    return choice;
+  }
+  const skipped: string[] = [];
+  for (const name of AUTO_ORDER) {
+    try {
+      const choice = await load(name);
+      await tf.ready();
+      log(`backend auto: using '${name}'${skipped.length ? ` (${skipped.join('; ')})` : ''}`);
+      return choice;
+    } catch (err) {
+      skipped.push(`${name} unavailable`);
+    }
+  }
+  throw new Error('no tfjs backend could be loaded');
+}

@@ -1,0 +1,29 @@
+// Shared test helpers: tensor comparison and backend switching.
+import * as tf from '@tensorflow/tfjs';
+import { expect } from 'vitest';
+
+/** Asserts two tensors (or arrays) have the same shape and values within atol + rtol·|expected|. */
+export function expectTensorClose(
+  actual: tf.Tensor | ArrayLike<number>,
+  expected: tf.Tensor | ArrayLike<number>,
+  { atol = 1e-5, rtol = 1e-4 }: { atol?: number; rtol?: number } = {},
+): void {
+  if (actual instanceof tf.Tensor && expected instanceof tf.Tensor) {
+    expect(actual.shape).toEqual(expected.shape);
+  }
+  const a = actual instanceof tf.Tensor ? actual.dataSync() : actual;
+  const e = expected instanceof tf.Tensor ? expected.dataSync() : expected;
+  expect(a.length).toBe(e.length);
+  let worst = 0;
+  let worstAt = -1;
+  for (let i = 0; i < a.length; i++) {
+    const excess = Math.abs(a[i] - e[i]) - (atol + rtol * Math.abs(e[i]));
+    if (!(excess <= worst)) {
+      worst = excess;
+      worstAt = i;
+    }
+  }
+  if (worstAt >= 0) {
+    expect.fail(`tensors differ at flat index ${worstAt}: got ${a[worstAt]}, expected ${e[worstAt]} (atol ${atol}, rtol ${rtol})`);
+  }
+}
