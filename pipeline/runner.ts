@@ -1,0 +1,207 @@
+// Stage runner: run-dir lock, stage manifest (running → completed | failed), resolved config file,
+// and the skip rule (same config hash and input hashes → nothing to do).
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { configHash, type ResolvedConfig } from './config.ts';
+
+export type StageStatus = 'running' | 'completed' | 'failed';
+
+export interface StageManifest {
+  stage: string;
+  status: StageStatus;
+  started_at: string;
+  finished_at: string | null;
+  backend: string | null;
+  config_hash: string;
+  inputs: { path: string; sha256: string }[];
+  outputs: { path: string; rows?: number }[];
+  metrics: Record<string, number>;
+  error?: string;
+  [extra: string]: unknown;
+}
+
+/** Another process holds the run directory. */
+export class RunDirLockedError extends Error {
+  override name = 'RunDirLockedError';
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Writes a file so that readers see either the old or the whole new content, never half. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes `RUN_DIR/pipeline.lock` (O_EXCL). A lock left by a dead process on this host is taken
+ * over; a live holder is an error naming its pid. Returns the release function.
+ */
+export async function acquireRunLock(runDir: string): Promise<() => Promise<void>> {
+  await mkdir(runDir, { recursive: true });
+  const path = join(runDir, 'pipeline.lock');
+  const body = JSON.stringify({ pid: process.pid, host: process.env.HOSTNAME ?? '', started_at: new Date().toISOString() });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const handle = await open(path, 'wx');
+      await handle.writeFile(body);
+      await handle.close();
+      return async () => {
+        await rm(path, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      let holder: { pid?: number } = {};
+      try {
+        holder = JSON.parse(await readFile(path, 'utf8'));
+      } catch {
+        // An unreadable lock body is treated as stale: the writer died between open and write.
+      }
+      if (holder.pid && holder.pid !== process.pid && pidAlive(holder.pid)) {
+        throw new RunDirLockedError(`${path}: run directory is in use by process ${holder.pid}; wait for it or remove the lock if that process is gone`);
+      }
+      await rm(path, { force: true });
+    }
+  }
+  throw new RunDirLockedError(`${path}: could not take the lock`);
+}
+
+export async function readStageManifest(stageDir: string): Promise<StageManifest | null> {
+  try {
+    return JSON.parse(await readFile(join(stageDir, 'manifest.json'), 'utf8')) as StageManifest;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new Error(`${join(stageDir, 'manifest.json')}: unreadable manifest (${(err as Error).message})`);
+  }
+}
+
+/** Hashes the stage inputs; a directory counts by its manifest.json (which hashes its shards). */
+export async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
+  const out: { path: string; sha256: string }[] = [];
+  for (const path of paths) {
+    const info = await stat(path);
+    const file = info.isDirectory() ? join(path, 'manifest.json') : path;
+    out.push({ path: relativeIfInside(file, runDir), sha256: await sha256File(file) });
+  }
+  return out;
+}
+
+function relativeIfInside(path: string, dir: string): string {
+  const rel = relative(dir, path);
+  return rel.startsWith('..') ? path : rel;
+}
+
+export interface StageContext {
+  runDir: string;
+  stageDir: string;
+  config: ResolvedConfig;
+  /** Records the backend that ended up running the stage. */
+  setBackend(name: string): void;
+}
+
+export interface StageOutcome {
+  outputs: { path: string; rows?: number }[];
+  metrics: Record<string, number>;
+  /** Fields merged into the manifest (a dataset stage writes its dataset manifest here too). */
+  extra?: Record<string, unknown>;
+}
+
+export interface RunStageOptions {
+  stage: string;
+  runDir: string;
+  config: ResolvedConfig;
+  inputs: readonly string[];
+  force?: boolean;
+  log?: (line: string) => void;
+  body: (ctx: StageContext) => Promise<StageOutcome>;
+}
+
+export type RunStageResult = { skipped: true; manifest: StageManifest } | { skipped: false; manifest: StageManifest };
+
+/**
+ * Runs one stage in `runDir/<stage>`: holds the lock, writes config.json and a `running`
+ * manifest, then `completed` with outputs and metrics, or `failed` with the error (rethrown).
+ * A completed stage with the same config and input hashes is skipped unless `force`.
+ */
+export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
+  const { stage, runDir, config, log = () => {} } = opts;
+  const stageDir = join(runDir, stage);
+  const release = await acquireRunLock(runDir);
+  try {
+    const hash = configHash(config);
+    const inputs = await hashInputs(opts.inputs, runDir);
+    const previous = await readStageManifest(stageDir);
+    if (
+      !opts.force &&
+      previous?.status === 'completed' &&
+      previous.config_hash === hash &&
+      JSON.stringify(previous.inputs) === JSON.stringify(inputs)
+    ) {
+      log(`${stage}: up to date (same config and inputs as the completed run in ${stageDir}); skipped, --force reruns it`);
+      return { skipped: true, manifest: previous };
+    }
+    await mkdir(stageDir, { recursive: true });
+    await writeFileAtomic(join(stageDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+    let backend: string | null = null;
+    const manifest: StageManifest = {
+      stage,
+      status: 'running',
+      started_at: new Date().toISOString(),
+      finished_at: null,
+      backend,
+      config_hash: hash,
+      inputs,
+      outputs: [],
+      metrics: {},
+    };
+    const save = () => writeFileAtomic(join(stageDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+    await save();
+    try {
+      const outcome = await opts.body({
+        runDir,
+        stageDir,
+        config,
+        setBackend: (name) => {
+          backend = name;
+        },
+      });
+      Object.assign(manifest, outcome.extra ?? {}, {
+        stage,
+        status: 'completed' as const,
+        finished_at: new Date().toISOString(),
+        backend,
+        outputs: outcome.outputs.map((o) => ({ ...o, path: relativeIfInside(o.path, runDir) })),
+        metrics: outcome.metrics,
+      });
+      await save();
+      return { skipped: false, manifest };
+    } catch (err) {
+      Object.assign(manifest, {
+        status: 'failed' as const,
+        finished_at: new Date().toISOString(),
+        backend,
+        error: err instanceof Error ? err.message : String(err),
+      });
+      await save();
+      throw err;
+    }
+  } finally {
+    await release();
+  }
+}
