@@ -1,0 +1,234 @@
+// Dataset manifests (DESIGN.md "Arrow shards"): the manifest.json beside a dataset's shards, written
+// atomically, read with validation, verified by re-hashing, and the dataset read back through it.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
+import { openShard, type OpenShardOptions, type ShardBatch, type ShardFile } from './shards.ts';
+
+export const MANIFEST_FILE = 'manifest.json';
+
+/**
+ * What manifest.json holds. Extra keys are kept (a stage runner may add its own fields), but the
+ * ones below are checked on read.
+ */
+export interface DatasetManifest {
+  schema_version: number;
+  schema: SchemaName;
+  rows: number;
+  /** Index = label. Empty for unlabeled data. */
+  classes: string[];
+  /** Class name → rows with that label (unlabeled rows are not counted here). */
+  class_counts: Record<string, number>;
+  /** [H, W, 3] for the images and views schemas. */
+  image_shape?: ImageShape;
+  /** Vector length for the embeddings, logits and predictions schemas. */
+  dim?: number;
+  /** In dataset order; paths relative to the dataset folder. */
+  shards: ShardFile[];
+  /** Ingest only: files skipped as unusable; their reasons are in rejected.jsonl. */
+  rejected?: number;
+  [extra: string]: unknown;
+}
+
+/** A manifest that is missing, not JSON, or inconsistent; the message names the file and the field. */
+export class ManifestError extends Error {
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(`${path}: ${reason}`);
+    this.name = 'ManifestError';
+  }
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0;
+}
+
+/** Checks a parsed manifest object; throws ManifestError naming the first bad field. */
+export function validateManifest(value: unknown, path = MANIFEST_FILE): DatasetManifest {
+  const fail = (reason: string): never => {
+    throw new ManifestError(path, reason);
+  };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return fail('must be a JSON object');
+  const m = value as Record<string, unknown>;
+  if (m.schema_version !== SCHEMA_VERSION) fail(`schema_version must be ${SCHEMA_VERSION}, got ${JSON.stringify(m.schema_version)}`);
+  if (!SCHEMA_NAMES.includes(m.schema as SchemaName)) fail(`schema must be one of ${SCHEMA_NAMES.join(', ')}, got ${JSON.stringify(m.schema)}`);
+  if (!isCount(m.rows)) fail(`rows must be a non-negative integer, got ${JSON.stringify(m.rows)}`);
+  if (!Array.isArray(m.classes) || !m.classes.every((c) => typeof c === 'string')) fail('classes must be an array of strings');
+  const classes = m.classes as string[];
+  if (new Set(classes).size !== classes.length) fail('classes has duplicate names');
+  if (typeof m.class_counts !== 'object' || m.class_counts === null || Array.isArray(m.class_counts)) fail('class_counts must be an object');
+  let labelled = 0;
+  for (const [name, count] of Object.entries(m.class_counts as object)) {
+    if (!classes.includes(name)) fail(`class_counts names "${name}", which is not in classes`);
+    if (!isCount(count)) fail(`class_counts["${name}"] must be a non-negative integer`);
+    labelled += count as number;
+  }
+  if (labelled > (m.rows as number)) fail(`class_counts add up to ${labelled}, more than rows ${m.rows}`);
+  if (m.schema === 'images' || m.schema === 'views') {
+    const s = m.image_shape;
+    if (!Array.isArray(s) || s.length !== 3 || !isCount(s[0]) || !isCount(s[1]) || s[0] === 0 || s[1] === 0 || s[2] !== 3) {
+      fail(`image_shape must be [H, W, 3], got ${JSON.stringify(s)}`);
+    }
+  } else if (!isCount(m.dim) || m.dim === 0) {
+    fail(`dim must be a positive integer for the ${m.schema} schema, got ${JSON.stringify(m.dim)}`);
+  }
+  if (!Array.isArray(m.shards)) fail('shards must be an array');
+  let shardRows = 0;
+  (m.shards as unknown[]).forEach((s, i) => {
+    const sh = s as Record<string, unknown>;
+    if (typeof sh !== 'object' || sh === null) fail(`shards[${i}] must be an object`);
+    if (typeof sh.path !== 'string' || sh.path === '' || isAbsolute(sh.path) || sh.path.split(/[\\/]/).includes('..')) {
+      fail(`shards[${i}].path must be a path inside the dataset folder, got ${JSON.stringify(sh.path)}`);
+    }
+    if (!isCount(sh.rows)) fail(`shards[${i}].rows must be a non-negative integer`);
+    if (typeof sh.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sh.sha256)) fail(`shards[${i}].sha256 must be 64 hex digits`);
+    shardRows += sh.rows as number;
+  });
+  if (shardRows !== m.rows) fail(`shards hold ${shardRows} rows but rows is ${m.rows}`);
+  if (m.rejected !== undefined && !isCount(m.rejected)) fail('rejected must be a non-negative integer');
+  return m as DatasetManifest;
+}
+
+/**
+ * Writes `manifest` as dir/manifest.json (or `file`) atomically: a temporary file renamed over the
+ * final name, so readers see the old manifest or the new one, never half of one. Validates first.
+ */
+export async function writeManifest(dir: string, manifest: DatasetManifest, file = MANIFEST_FILE): Promise<string> {
+  const path = join(dir, file);
+  validateManifest(manifest, path);
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify(manifest, null, 2) + '\n');
+  await rename(tmp, path);
+  return path;
+}
+
+/** Reads and validates dir/manifest.json (or a manifest file path given directly). */
+export async function readManifest(dirOrFile: string): Promise<DatasetManifest> {
+  let path = dirOrFile;
+  try {
+    if ((await stat(dirOrFile)).isDirectory()) path = join(dirOrFile, MANIFEST_FILE);
+  } catch (e) {
+    throw new ManifestError(dirOrFile, `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ManifestError(path, code === 'ENOENT' ? 'no manifest (not a dataset folder, or its writer did not finish)' : `cannot read: ${code}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ManifestError(path, `not valid JSON: ${(e as Error).message}`);
+  }
+  return validateManifest(value, path);
+}
+
+/** SHA-256 of a file, streamed so a 256 MB shard is never held whole. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  /** One line per problem, naming the shard: missing, or its hash differs. */
+  problems: string[];
+}
+
+/** Re-hashes every shard of the dataset in `dir` and compares with the manifest. */
+export async function verifyManifest(dir: string, manifest?: DatasetManifest): Promise<VerifyResult> {
+  const m = manifest ?? (await readManifest(dir));
+  const problems: string[] = [];
+  for (const shard of m.shards) {
+    const path = join(dir, shard.path);
+    let actual: string;
+    try {
+      actual = await sha256File(path);
+    } catch (e) {
+      problems.push(`${path}: missing or unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      continue;
+    }
+    if (actual !== shard.sha256) problems.push(`${path}: sha256 ${actual} differs from the manifest's ${shard.sha256}`);
+  }
+  return { ok: problems.length === 0, problems };
+}
+
+/**
+ * Reads a whole dataset batch by batch, shard after shard in manifest order, refusing a shard whose
+ * schema differs from the manifest's. Only one batch is in memory at a time.
+ */
+export async function* readDataset<S extends SchemaName = SchemaName>(
+  dir: string,
+  options: OpenShardOptions<S> = {},
+): AsyncGenerator<ShardBatch<S> & { shard: string }> {
+  const m = await readManifest(dir);
+  if (options.schema && options.schema !== m.schema) throw new ManifestError(join(dir, MANIFEST_FILE), `schema is ${m.schema}, expected ${options.schema}`);
+  for (const shard of m.shards) {
+    const reader = await openShard<S>(join(dir, shard.path), { schema: m.schema as S });
+    try {
+      for await (const batch of reader.batches()) yield { ...batch, shard: shard.path };
+    } finally {
+      await reader.close();
+    }
+  }
+}
+
+/** Part p of n of a partitioned job writes `${partPrefix(p, n)}.manifest.json` etc. (see ingest). */
+export function partPrefix(index: number, count: number): string {
+  return `part-${String(index).padStart(5, '0')}-of-${String(count).padStart(5, '0')}`;
+}
+
+/**
+ * Combines the part manifests of a partitioned job (`part-IIIII-of-NNNNN.manifest.json`, all N of
+ * them) in `dir` into one manifest.json and their `.rejected.jsonl` lists into rejected.jsonl.
+ * Shards stay where they are; rows are in part order. Throws naming missing or inconsistent parts.
+ */
+export async function mergePartManifests(dir: string): Promise<DatasetManifest> {
+  const names = (await readdir(dir)).filter((f) => /^part-\d{5}-of-\d{5}\.manifest\.json$/.test(f)).sort();
+  if (names.length === 0) throw new ManifestError(dir, 'no part-*-of-*.manifest.json files to merge');
+  const count = Number(names[0].slice(14, 19));
+  const missing: string[] = [];
+  for (let p = 0; p < count; p++) if (!names.includes(`${partPrefix(p, count)}.manifest.json`)) missing.push(partPrefix(p, count));
+  if (missing.length > 0) throw new ManifestError(dir, `cannot merge: missing ${missing.join(', ')}`);
+  if (names.length !== count) throw new ManifestError(dir, `cannot merge: parts of different counts present (${names.join(', ')})`);
+  const parts = await Promise.all(names.map((n) => readManifest(join(dir, n))));
+  const first = parts[0];
+  const merged: DatasetManifest = { ...first, rows: 0, class_counts: {}, shards: [], rejected: 0 };
+  delete merged.part;
+  const rejectedLines: string[] = [];
+  for (let p = 0; p < parts.length; p++) {
+    const m = parts[p];
+    const path = join(dir, names[p]);
+    if (m.schema !== first.schema || JSON.stringify(m.classes) !== JSON.stringify(first.classes) || JSON.stringify(m.image_shape) !== JSON.stringify(first.image_shape) || m.dim !== first.dim) {
+      throw new ManifestError(path, `schema, classes or shape differ from ${names[0]}`);
+    }
+    merged.rows += m.rows;
+    merged.shards.push(...m.shards);
+    merged.rejected = (merged.rejected ?? 0) + (m.rejected ?? 0);
+    for (const [k, v] of Object.entries(m.class_counts)) merged.class_counts[k] = (merged.class_counts[k] ?? 0) + v;
+    try {
+      const text = await readFile(join(dir, `${partPrefix(p, count)}.rejected.jsonl`), 'utf8');
+      if (text) rejectedLines.push(text.endsWith('\n') ? text : text + '\n');
+    } catch {
+      // a part without rejected files may have no list
+    }
+  }
+  const tmp = join(dir, `rejected.jsonl.${process.pid}.tmp`);
+  await writeFile(tmp, rejectedLines.join(''));
+  await rename(tmp, join(dir, 'rejected.jsonl'));
+  await writeManifest(dir, merged);
+  return merged;
+}
+
+/** Deletes a dataset folder's manifest first, so a half-rewritten folder never looks complete. */
+export async function removeManifest(dir: string, file = MANIFEST_FILE): Promise<void> {
+  await rm(join(dir, file), { force: true });
+}
