@@ -1,0 +1,48 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { BackendUnavailableError, useBackend } from '../../models/backend.ts';
+
+describe('useBackend', () => {
+  it('auto takes the first backend that loads and says which', async () => {
+    const lines: string[] = [];
+    const choice = await useBackend('auto', (l) => lines.push(l));
+    // tfjs-node is an optional extra that this test machine does not have, so auto lands on wasm.
+    let hasTfjsNode = true;
+    try {
+      await import(/* @vite-ignore */ ['@tensorflow', 'tfjs-node'].join('/'));
+    } catch {
+      hasTfjsNode = false;
+    }
+    if (!hasTfjsNode) expect(choice).toEqual({ name: 'wasm', tfName: 'wasm' });
+    expect(tf.getBackend()).toBe(choice.tfName);
+    expect(lines.join('\n')).toMatch(new RegExp(`backend auto: using '${choice.name}'`));
+  });
+
+  it('a named backend that is missing is an error, not a fallback', async () => {
+    let hasGpu = true;
+    try {
+      await import(/* @vite-ignore */ ['@tensorflow', 'tfjs-node-gpu'].join('/'));
+    } catch {
+      hasGpu = false;
+    }
+    if (hasGpu) return;
+    await expect(useBackend('tensorflow-gpu')).rejects.toThrow(BackendUnavailableError);
+    await expect(useBackend('tensorflow-gpu')).rejects.toThrow(/@tensorflow\/tfjs-node-gpu is not installed/);
+  });
+
+  it('switches between wasm and cpu and trains a conv on wasm', async () => {
+    expect((await useBackend('cpu')).tfName).toBe('cpu');
+    expect(tf.getBackend()).toBe('cpu');
+    await useBackend('wasm');
+    expect(tf.getBackend()).toBe('wasm');
+    // Conv2DBackpropFilter is not shipped with tfjs-backend-wasm; our kernels make this work.
+    const g = tf.grad((w: tf.Tensor4D) => tf.sum(tf.conv2d(tf.ones([1, 4, 4, 1]) as tf.Tensor4D, w, 1, 'valid')));
+    const dw = g(tf.ones([3, 3, 1, 1]));
+    // Each filter tap sees the all-ones input at 2×2 output positions.
+    expect(Array.from(dw.dataSync())).toEqual(new Array(9).fill(4));
+  });
+
+  it('refuses an unknown name', async () => {
+    await expect(useBackend('webgpu' as never)).rejects.toThrow(/unknown backend 'webgpu'/);
+  });
+});
