@@ -110,6 +110,12 @@ export interface AugmentLoaderOptions extends AugmentOptionsInput, AugmentPoolOp
   prefetch?: number;
   /** Drop a final batch smaller than batchSize (contrastive losses prefer full batches). */
   dropLast?: boolean;
+  /**
+   * Index of the source's first image in the epoch order (default 0). A run resumed in the middle
+   * of an epoch passes the rest of the epoch as its source and the position it stopped at here, so
+   * every image keeps the random stream (and views) it had in the uninterrupted run.
+   */
+  firstIndex?: number;
   /** Stops the loader: the pending next() rejects with the signal's reason. */
   signal?: AbortSignal;
   /** An existing pool to reuse (it is not destroyed at the end); default: a pool of its own. */
@@ -123,11 +129,12 @@ interface ResolvedLoaderOptions {
   epoch: number;
   prefetch: number;
   dropLast: boolean;
+  firstIndex: number;
 }
 
 function resolveLoaderOptions(options: AugmentLoaderOptions, workers: number): ResolvedLoaderOptions {
-  const { batchSize = 256, seed = 0, epoch = 0, prefetch = 2 * workers, dropLast = false } = options;
-  const { workers: _w, filename: _f, signal: _s, pool: _p, batchSize: _b, seed: _sd, epoch: _e, prefetch: _pf, dropLast: _d, ...augmentInput } = options;
+  const { batchSize = 256, seed = 0, epoch = 0, prefetch = 2 * workers, dropLast = false, firstIndex = 0 } = options;
+  const { workers: _w, filename: _f, signal: _s, pool: _p, batchSize: _b, seed: _sd, epoch: _e, prefetch: _pf, dropLast: _d, firstIndex: _fi, ...augmentInput } = options;
   const positive = (name: string, v: number) => {
     if (!Number.isInteger(v) || v < 1) throw new Error(`augment.${name} must be a positive integer, got ${v}`);
   };
@@ -135,7 +142,8 @@ function resolveLoaderOptions(options: AugmentLoaderOptions, workers: number): R
   positive('prefetch', prefetch);
   if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`augment.seed must be a non-negative integer, got ${seed}`);
   if (!Number.isInteger(epoch) || epoch < 0 || epoch > 0xffffffff) throw new Error(`augment.epoch must be an integer in [0, 2^32), got ${epoch}`);
-  return { augment: resolveAugmentOptions(augmentInput), batchSize, seed, epoch, prefetch, dropLast };
+  if (!Number.isInteger(firstIndex) || firstIndex < 0) throw new Error(`augment.firstIndex must be a non-negative integer, got ${firstIndex}`);
+  return { augment: resolveAugmentOptions(augmentInput), batchSize, seed, epoch, prefetch, dropLast, firstIndex };
 }
 
 interface PendingBatch {
@@ -147,12 +155,12 @@ interface PendingBatch {
 }
 
 /** Regroups source batches into batches of `batchSize` images of one size, copying into fresh buffers. */
-async function* rebatch(source: ImageBatchSource, batchSize: number, dropLast: boolean): AsyncGenerator<PendingBatch> {
+async function* rebatch(source: ImageBatchSource, batchSize: number, dropLast: boolean, firstIndex: number): AsyncGenerator<PendingBatch> {
   let parts: Array<{ pixels: Uint8Array; ids: readonly string[] }> = [];
   let count = 0;
   let height = 0;
   let width = 0;
-  let nextIndex = 0;
+  let nextIndex = firstIndex;
   const flush = (): PendingBatch => {
     const bytes = height * width * 3;
     const pixels = new Uint8Array(count * bytes);
@@ -234,14 +242,14 @@ export async function* augmentBatches(source: ImageBatchSource, options: Augment
     if (ownPool) await pool.destroy();
     throw err;
   }
-  const { augment, batchSize, seed, epoch, prefetch, dropLast } = resolved;
+  const { augment, batchSize, seed, epoch, prefetch, dropLast, firstIndex } = resolved;
   const views = viewsPerImage(augment.preset);
   const signal = options.signal;
   // Free the threads at once on abort even if the consumer never calls next() again.
   const onAbort = () => void (ownPool ? pool.destroy() : undefined);
   signal?.addEventListener('abort', onAbort, { once: true });
 
-  const batches = rebatch(source, batchSize, dropLast);
+  const batches = rebatch(source, batchSize, dropLast, firstIndex);
   const inflight: Array<Promise<AugmentedBatch>> = [];
   let exhausted = false;
 

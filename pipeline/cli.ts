@@ -1,0 +1,201 @@
+// The `pipeline` command line (yargs). The only module that reads argv; maps errors to exit codes:
+// 0 success, 1 the stage failed at run time, 2 bad usage, config or input.
+import yargs, { type Argv } from 'yargs';
+import { join, resolve } from 'node:path';
+import { COMMON_OPTIONS, ConfigError, kebab, loadConfigFile, resolveConfig, type OptionSpec, type OptionSpecs } from './config.ts';
+import { runStage } from './runner.ts';
+import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
+
+/** Error classes whose message is one line about bad usage, config or input: exit 2. */
+const USAGE_ERROR_NAMES = /(UsageError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|ManifestError|CheckpointError)$/;
+
+export function exitCodeFor(err: unknown): number {
+  return err instanceof Error && USAGE_ERROR_NAMES.test(err.name) ? 2 : 1;
+}
+
+function addOptions(y: Argv, specs: OptionSpecs, group: string): Argv {
+  for (const [key, spec] of Object.entries(specs)) {
+    y.option(kebab(key), {
+      type: spec.type === 'boolean' ? 'boolean' : spec.type === 'string' ? 'string' : 'number',
+      describe: describeSpec(spec),
+      group,
+      // Defaults are applied by resolveConfig so that the config file can override them.
+      default: undefined,
+    });
+  }
+  return y;
+}
+
+function describeSpec(spec: OptionSpec): string {
+  const parts = [spec.describe];
+  if (spec.choices) parts.push(`[${spec.choices.join('|')}]`);
+  if (spec.default !== undefined) parts.push(`(default ${JSON.stringify(spec.default)})`);
+  return parts.join(' ');
+}
+
+function pickFlags(argv: Record<string, unknown>, specs: OptionSpecs): Record<string, unknown> {
+  const flags: Record<string, unknown> = {};
+  for (const key of Object.keys(specs)) flags[key] = argv[key];
+  return flags;
+}
+
+interface GlobalFlags {
+  json: boolean;
+  verbose: boolean;
+}
+
+/** Runs the CLI and returns the exit code (never calls process.exit, so it can be tested). */
+export async function main(args: readonly string[], io: StageIO = defaultIO()): Promise<number> {
+  let exitCode = 0;
+  let usageFailure: string | null = null;
+  let verbose = args.includes('--verbose');
+
+  const runOne = async (stageName: string, argv: Record<string, unknown> & GlobalFlags) => {
+    const stage = STAGES[stageName];
+    const specs = { ...COMMON_OPTIONS, ...stage.options };
+    const configPath = argv.config as string | undefined;
+    const file = configPath ? await loadConfigFile(configPath, STAGE_NAMES) : undefined;
+    const config = resolveConfig({
+      stage: stageName,
+      specs,
+      file,
+      set: (argv.set as string[] | undefined) ?? [],
+      flags: pickFlags(argv, specs),
+      extraFileKeys: ['runDir'],
+    });
+    const runDirRaw = (argv.runDir as string | undefined) ?? (file?.common['run-dir'] as string) ?? (file?.common['run_dir'] as string) ?? (file?.common['runDir'] as string);
+    if (!runDirRaw) throw new ConfigError(`--run-dir is required for 'run ${stageName}' (or run_dir in the config file)`);
+    const runDir = resolve(runDirRaw);
+    const log = (line: string) => {
+      if (!argv.json || verbose) io.stderr(line);
+    };
+    const inputs = await stage.inputs(config, runDir);
+    const result = await runStage({
+      stage: stageName,
+      runDir,
+      config,
+      inputs,
+      force: Boolean(argv.force),
+      volatile: stage.volatile,
+      log,
+      body: (ctx) => withInterruptSignal((signal) => stage.run(ctx, { log, json: argv.json, io, signal }), io),
+    });
+    const m = result.manifest;
+    if (argv.json) {
+      io.stdout(JSON.stringify({ stage: stageName, skipped: result.skipped, status: m.status, run_dir: runDir, backend: m.backend, metrics: m.metrics, outputs: m.outputs }));
+    } else {
+      io.stderr(`${stageName}: ${result.skipped ? 'skipped (up to date)' : m.status}; ${formatMetrics(m.metrics)}; manifest ${join(runDir, stageName, 'manifest.json')}`);
+    }
+  };
+
+  const parser = yargs([...args])
+    .scriptName('pipeline')
+    .usage('$0 <command> [options]\n\nSimCLR / SimCLRv2 contrastive pretraining pipeline.')
+    .option('json', { type: 'boolean', default: false, describe: 'print one machine-readable JSON summary on stdout at the end', global: true })
+    .option('verbose', { type: 'boolean', default: false, describe: 'log more and show stack traces', global: true })
+    .command(
+      'ingest',
+      'ingest an image folder or CSV list into an images dataset (Arrow shards)',
+      (y) =>
+        addOptions(y, { ...COMMON_OPTIONS, ...STAGES.ingest.options }, 'Ingest options:')
+          .option('out', { type: 'string', describe: 'output dataset directory', demandOption: true })
+          .example('$0 ingest --input ../shared/datasets/cifar10/train --out data/cifar10', 'class sub-folders become labels'),
+      async (argv) => {
+        const specs = { ...COMMON_OPTIONS, ...STAGES.ingest.options };
+        const config = resolveConfig({ stage: 'ingest', specs, flags: pickFlags(argv, specs) });
+        const log = (line: string) => {
+          if (!argv.json || argv.verbose) io.stderr(line);
+        };
+        const summary = await STAGES.ingest.standalone!(config, resolve(argv.out as string), { log, json: argv.json as boolean, io });
+        if (argv.json) io.stdout(JSON.stringify(summary));
+      },
+    )
+    .command('run <stage>', 'run one stage of the pipeline in a run directory', (y) => {
+      let r = y
+        .option('config', { type: 'string', describe: 'YAML or JSON config file (flags override it)', global: false })
+        .option('run-dir', { type: 'string', describe: 'run directory (stages pass data through it)' })
+        .option('set', { type: 'string', array: true, describe: 'override a config key: key=value or stage.key=value' })
+        .option('force', { type: 'boolean', default: false, describe: 'rerun even when the stage is up to date' });
+      for (const name of STAGE_NAMES) {
+        const stage = STAGES[name];
+        r = r.command(
+          name,
+          stage.describe,
+          (s) => addOptions(s, { ...COMMON_OPTIONS, ...stage.options }, `${name} options:`),
+          async (argv) => runOne(name, argv as unknown as Record<string, unknown> & GlobalFlags),
+        );
+      }
+      return r.demandCommand(1, `choose a stage: ${STAGE_NAMES.join(', ')}`);
+    })
+    .command(
+      'inspect <path>',
+      'describe a dataset directory, a shard or a run directory: schema, counts, metrics',
+      (y) => y.positional('path', { type: 'string', describe: 'dataset dir, .arrow shard or run dir' }).option('rows', { type: 'number', default: 3, describe: 'rows to show' }),
+      async (argv) => {
+        const { inspectPath } = await import('./inspect.ts');
+        await inspectPath(argv.path as string, { rows: argv.rows as number, json: argv.json as boolean, io });
+      },
+    )
+    .demandCommand(1, 'choose a command (see --help)')
+    .strict()
+    .exitProcess(false)
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      if (err) throw err;
+      usageFailure = msg;
+    })
+    .help()
+    .version(false);
+
+  try {
+    await parser.parseAsync();
+    if (usageFailure) {
+      io.stderr(`pipeline: ${usageFailure} (see pipeline --help)`);
+      return 2;
+    }
+  } catch (err) {
+    exitCode = exitCodeFor(err);
+    const message = err instanceof Error ? err.message : String(err);
+    io.stderr(`pipeline: ${message}`);
+    if (verbose && err instanceof Error && err.stack) io.stderr(err.stack);
+  }
+  return exitCode;
+}
+
+/**
+ * Runs `body` with a signal that SIGINT/SIGTERM abort, so a long stage can checkpoint and stop;
+ * a second signal exits at once.
+ */
+async function withInterruptSignal<T>(body: (signal: AbortSignal) => Promise<T>, io: StageIO): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (name: NodeJS.Signals) => {
+    if (controller.signal.aborted) {
+      io.stderr(`pipeline: second ${name}, exiting without waiting`);
+      process.exit(130);
+    }
+    io.stderr(`pipeline: ${name} received, stopping after the current step (again to exit at once)`);
+    controller.abort(new Error(`interrupted by ${name}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await body(controller.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function formatMetrics(metrics: Record<string, number>): string {
+  const entries = Object.entries(metrics);
+  if (entries.length === 0) return 'no metrics';
+  return entries.map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`).join(', ');
+}
+
+function defaultIO(): StageIO {
+  return {
+    stdout: (line) => process.stdout.write(`${line}\n`),
+    stderr: (line) => process.stderr.write(`${line}\n`),
+    stderrStream: process.stderr,
+  };
+}
