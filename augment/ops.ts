@@ -1,9 +1,12 @@
 // Pixel ops on raw HWC uint8 RGB images in typed arrays, reproducing what torchvision does to a
 // PIL image bit for bit (Pillow's fixed-point resampling, float32 blends and HSV conversions).
 //
-// Typed-array loops rather than sharp: measured faster at both 32 px and 224 px for every op we
-// need (scripts/bench-augment.ts --ops), and sharp/libvips cannot reproduce Pillow's arithmetic
-// (its resize kernels, grey weights and blur kernel sizes differ), so they would not stay exact.
+// Typed-array loops rather than sharp (scripts/bench-augment.ts --ops): at 32 px sharp's ~1 ms
+// per-call overhead makes it 10–200× slower for every op; at 224 px sharp is faster only for the
+// resize (~2.5×) and the blur (~4×), but libvips cannot reproduce Pillow's/torchvision's
+// arithmetic there (different resize kernels and rounding, blur kernel sized from σ rather than
+// 10 % of the side, σ >= 0.3 only), so those would not stay exact. Batching several images into
+// one sharp call does not help: every view has its own crop and colour parameters.
 
 import type { CropBox } from './params.ts';
 
