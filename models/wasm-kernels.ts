@@ -1,0 +1,297 @@
+// Training kernels for the tfjs wasm backend: convolution gradients composed from its fast
+// XNNPACK forward convolution, so that a ResNet can be trained on wasm at all (and quickly).
+import * as tf from '@tensorflow/tfjs';
+// Imported for its side effect: wasm's own kernels must be registered before ours replace one.
+import '@tensorflow/tfjs-backend-wasm';
+
+type TensorInfo = tf.TensorInfo;
+type Backend = tf.KernelBackend;
+/** The parts of tfjs-backend-wasm's BackendWasm used here beyond the KernelBackend interface. */
+interface WasmBackend extends tf.KernelBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
+  typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
+}
+type Pads = [top: number, bottom: number, left: number, right: number];
+
+const BACKEND = 'wasm';
+
+/** Calls another wasm kernel directly (no engine round trip, nothing recorded on a tape). */
+function callKernel(
+  backend: Backend,
+  kernelName: string,
+  inputs: tf.NamedTensorInfoMap,
+  attrs: tf.NamedAttrMap = {},
+): TensorInfo {
+  const kernel = tf.getKernel(kernelName, BACKEND);
+  if (kernel === undefined) {
+    throw new Error(`wasm training kernels need the wasm kernel '${kernelName}', which is not registered`);
+  }
+  return kernel.kernelFunc({ inputs, attrs, backend }) as TensorInfo;
+}
+
+function dispose(backend: Backend, ...infos: TensorInfo[]): void {
+  for (const info of infos) backend.disposeData(info.dataId);
+}
+
+function transpose(backend: Backend, x: TensorInfo, perm: number[]): TensorInfo {
+  return callKernel(backend, 'Transpose', { x }, { perm });
+}
+
+/**
+ * Stride-1 NHWC convolution with per-side padding that may be negative: a negative pad crops
+ * the input instead, which lets the gradient formulas below be written without special cases
+ * for the rows a strided forward convolution never read.
+ */
+function convWithPads(
+  backend: Backend,
+  x: TensorInfo,
+  filter: TensorInfo,
+  dilations: [number, number],
+  [top, bottom, left, right]: Pads,
+): TensorInfo {
+  const crop = [Math.max(0, -top), Math.max(0, -bottom), Math.max(0, -left), Math.max(0, -right)];
+  let input = x;
+  if (crop.some((c) => c > 0)) {
+    const [n, h, w, c] = x.shape;
+    input = callKernel(backend, 'Slice', { x }, {
+      begin: [0, crop[0], crop[2], 0],
+      size: [n, h - crop[0] - crop[1], w - crop[2] - crop[3], c],
+    });
+  }
+  const pad: tf.backend_util.ExplicitPadding = [
+    [0, 0],
+    [Math.max(0, top), Math.max(0, bottom)],
+    [Math.max(0, left), Math.max(0, right)],
+    [0, 0],
+  ];
+  const out = callKernel(backend, 'Conv2D', { x: input, filter }, {
+    strides: [1, 1],
+    pad,
+    dilations,
+    dataFormat: 'NHWC',
+  });
+  if (input !== x) dispose(backend, input);
+  return out;
+}
+
+interface GradGeometry {
+  strideH: number;
+  strideW: number;
+  padTop: number;
+  padLeft: number;
+  inH: number;
+  inW: number;
+  outH: number;
+  outW: number;
+  filterH: number;
+  filterW: number;
+}
+
+function geometry(
+  kernelName: string,
+  xShape: [number, number, number, number],
+  filterShape: [number, number, number, number],
+  attrs: tf.NamedAttrMap,
+): GradGeometry {
+  const { strides, pad, dataFormat, dimRoundingMode } = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
+  if (dataFormat !== undefined && dataFormat !== 'NHWC') {
+    throw new Error(`${kernelName} on wasm supports dataFormat 'NHWC' only, got '${dataFormat}'`);
+  }
+  const info = tf.backend_util.computeConv2DInfo(xShape, filterShape, strides, 1, pad, dimRoundingMode);
+  return {
+    strideH: info.strideHeight,
+    strideW: info.strideWidth,
+    padTop: info.padInfo.top,
+    padLeft: info.padInfo.left,
+    inH: info.inHeight,
+    inW: info.inWidth,
+    outH: info.outHeight,
+    outW: info.outWidth,
+    filterH: info.filterHeight,
+    filterW: info.filterWidth,
+  };
+}
+
+/**
+ * dW[kh,kw,ci,co] = Σ_{b,oh,ow} x[b, oh·s + kh − pt, ow·s + kw − pl, ci] · dy[b,oh,ow,co].
+ * Read with ci as the batch, (h, w) as space and b as the channel, that is a convolution of
+ * xᵀ [Ci,H,W,B] with the filter dyᵀ [oH,oW,B,Co] dilated by the forward stride, whose output
+ * [Ci,kH,kW,Co] transposes into the filter gradient. XNNPACK runs it as one large GEMM.
+ */
+function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs: tf.NamedAttrMap }): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const { x, dy } = inputs as unknown as { x: TensorInfo; dy: TensorInfo };
+  const filterShape = (attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape;
+  const g = geometry('Conv2DBackpropFilter', x.shape as [number, number, number, number], filterShape, attrs);
+
+  const xT = transpose(backend, x, [3, 1, 2, 0]); // [Ci, H, W, B]
+  const dyT = transpose(backend, dy, [1, 2, 0, 3]); // [oH, oW, B, Co]
+  // Bottom/right pads make the output exactly kH × kW; negative ones crop the input rows and
+  // columns a strided 'valid' convolution never reached.
+  const padBottom = g.filterH + (g.outH - 1) * g.strideH - g.inH - g.padTop;
+  const padRight = g.filterW + (g.outW - 1) * g.strideW - g.inW - g.padLeft;
+  const gradT = convWithPads(backend, xT, dyT, [g.strideH, g.strideW], [g.padTop, padBottom, g.padLeft, padRight]);
+  // gradT: [Ci, kH, kW, Co]
+  const grad = transpose(backend, gradT, [1, 2, 0, 3]); // [kH, kW, Ci, Co]
+  dispose(backend, xT, dyT, gradT);
+  return grad;
+}
+
+/** Per spatial axis geometry of the sub-pixel input gradient (see conv2DBackpropInput). */
+interface PhaseAxis {
+  /** Taps of each phase filter: ⌈k / s⌉. */
+  taps: number;
+  /** Conv padding before/after along this axis (negative crops). */
+  padBefore: number;
+  padAfter: number;
+  /** Rows of the interleaved result to drop at the start, and rows to keep. */
+  crop: number;
+  size: number;
+}
+
+function phaseAxis(filter: number, stride: number, padBefore: number, inSize: number, outSize: number): PhaseAxis {
+  const taps = Math.ceil(filter / stride);
+  // Input row h is phase (h + p) mod s of block q = ⌊(h + p) / s⌋; only blocks holding a real row are computed.
+  const firstBlock = Math.floor(padBefore / stride);
+  const blocks = Math.floor((padBefore + inSize - 1) / stride) + 1 - firstBlock;
+  const before = taps - 1 - firstBlock;
+  return {
+    taps,
+    padBefore: before,
+    padAfter: blocks - outSize - before + taps - 1,
+    crop: padBefore - firstBlock * stride,
+    size: inSize,
+  };
+}
+
+/**
+ * The phase filter [tH, tW, Co, sH·sW·Ci] of the sub-pixel input gradient: for output phase
+ * (rh, rw) and tap (th, tw) it holds W[rh + (tH − 1 − th)·sH, rw + (tW − 1 − tw)·sW, ci, co]
+ * (flipped, in/out channels swapped), zero where that lies outside the filter.
+ */
+function phaseFilter(backend: WasmBackend, filter: TensorInfo, strideH: number, strideW: number, tapsH: number, tapsW: number): TensorInfo {
+  const [kH, kW, inC, outC] = filter.shape;
+  const phases = strideH * strideW;
+  const out = backend.makeOutput([tapsH, tapsW, outC, phases * inC], 'float32');
+  // Views are taken after makeOutput: an allocation may grow (and so detach) the wasm heap.
+  const w = backend.typedArrayFromHeap(filter);
+  const f = backend.typedArrayFromHeap(out);
+  f.fill(0);
+  for (let th = 0; th < tapsH; th++) {
+    for (let tw = 0; tw < tapsW; tw++) {
+      for (let rh = 0; rh < strideH; rh++) {
+        const kh = rh + (tapsH - 1 - th) * strideH;
+        if (kh >= kH) continue;
+        for (let rw = 0; rw < strideW; rw++) {
+          const kw = rw + (tapsW - 1 - tw) * strideW;
+          if (kw >= kW) continue;
+          const phase = rh * strideW + rw;
+          for (let ci = 0; ci < inC; ci++) {
+            const src = ((kh * kW + kw) * inC + ci) * outC;
+            let dst = ((th * tapsW + tw) * outC) * phases * inC + phase * inC + ci;
+            for (let co = 0; co < outC; co++, dst += phases * inC) f[dst] = w[src + co];
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * dx[h] = Σ_{oh·s + kh − p = h} dy[oh] · W[kh]. Writing h + p = q·s + r splits dx into s²
+ * phases r, each a stride-1 convolution of dy (no inserted zeros) with the taps kh ≡ r (mod s)
+ * of the flipped, channel-swapped filter. All phases run as ONE convolution whose output
+ * channels are (rh, rw, ci), followed by a depth-to-space interleave and a crop of the padding.
+ * Compared with convolving a zero-dilated dy this skips the (s² − 1)/s² of products with zeros.
+ */
+function conv2DBackpropInput(args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs: tf.NamedAttrMap }): TensorInfo {
+  const { inputs, attrs } = args;
+  const backend = args.backend as WasmBackend;
+  const { dy, filter } = inputs as unknown as { dy: TensorInfo; filter: TensorInfo };
+  const inputShape = (attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape;
+  const g = geometry('Conv2DBackpropInput', inputShape, filter.shape as [number, number, number, number], attrs);
+  const [batch, , , inChannels] = inputShape;
+  const rows = phaseAxis(g.filterH, g.strideH, g.padTop, g.inH, g.outH);
+  const cols = phaseAxis(g.filterW, g.strideW, g.padLeft, g.inW, g.outW);
+
+  const phaseW = phaseFilter(backend, filter, g.strideH, g.strideW, rows.taps, cols.taps); // [tH, tW, Co, sH·sW·Ci]
+  const phased = convWithPads(backend, dy, phaseW, [1, 1], [rows.padBefore, rows.padAfter, cols.padBefore, cols.padAfter]);
+  dispose(backend, phaseW);
+  if (g.strideH === 1 && g.strideW === 1 && rows.crop === 0 && cols.crop === 0) return phased; // already [B, H, W, Ci]
+
+  const [, blocksH, blocksW] = phased.shape; // phased: [B, blocksH, blocksW, sH·sW·Ci]
+  const phased6 = callKernel(backend, 'Reshape', { x: phased }, { shape: [batch, blocksH, blocksW, g.strideH, g.strideW, inChannels] });
+  const interleaved6 = transpose(backend, phased6, [0, 1, 3, 2, 4, 5]); // [B, blocksH, sH, blocksW, sW, Ci]
+  const interleaved = callKernel(backend, 'Reshape', { x: interleaved6 }, {
+    shape: [batch, blocksH * g.strideH, blocksW * g.strideW, inChannels],
+  });
+  dispose(backend, phased, phased6, interleaved6);
+  if (rows.crop === 0 && cols.crop === 0 && interleaved.shape[1] === g.inH && interleaved.shape[2] === g.inW) {
+    return interleaved;
+  }
+  const dx = callKernel(backend, 'Slice', { x: interleaved }, {
+    begin: [0, rows.crop, cols.crop, 0],
+    size: [batch, rows.size, cols.size, inChannels],
+  });
+  dispose(backend, interleaved);
+  return dx;
+}
+
+/**
+ * Tile by block copies: the innermost row is copied once, then each level of the result is
+ * replicated by doubling copyWithin calls. wasm's own Tile computes an index per element and
+ * made batch norm's gradient (which tiles 1/σ over the whole activation) take most of a step.
+ */
+function tile(args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs: tf.NamedAttrMap }): TensorInfo {
+  const backend = args.backend as WasmBackend;
+  const { x } = args.inputs as unknown as { x: TensorInfo };
+  const reps = (args.attrs as unknown as tf.TileAttrs).reps;
+  if (x.dtype === 'string' || x.dtype === 'complex64') {
+    throw new Error(`Tile on wasm supports numeric tensors only, got dtype ${x.dtype}`);
+  }
+  const rank = x.shape.length;
+  const outShape = x.shape.map((d, i) => d * reps[i]);
+  const out = backend.makeOutput(outShape, x.dtype);
+  const src = backend.typedArrayFromHeap(x);
+  const dst = backend.typedArrayFromHeap(out);
+  if (rank === 0 || dst.length === 0) {
+    dst.set(src.subarray(0, dst.length));
+    return out;
+  }
+  const srcStrides = tf.util.computeStrides(x.shape);
+  const outBlock = [...tf.util.computeStrides(outShape), 1]; // elements per step along each axis
+  const fill = (axis: number, srcOffset: number, dstOffset: number): void => {
+    if (axis === rank - 1) {
+      dst.set(src.subarray(srcOffset, srcOffset + x.shape[axis]), dstOffset);
+    } else {
+      for (let i = 0; i < x.shape[axis]; i++) fill(axis + 1, srcOffset + i * srcStrides[axis], dstOffset + i * outBlock[axis]);
+    }
+    const once = x.shape[axis] * outBlock[axis];
+    const total = once * reps[axis];
+    for (let done = once; done < total; done += Math.min(done, total - done)) {
+      dst.copyWithin(dstOffset + done, dstOffset, dstOffset + Math.min(done, total - done));
+    }
+  };
+  fill(0, 0, 0);
+  return out;
+}
+
+const TRAINING_KERNELS: tf.KernelConfig[] = [
+  { kernelName: 'Conv2DBackpropFilter', backendName: BACKEND, kernelFunc: conv2DBackpropFilter as unknown as tf.KernelFunc },
+  { kernelName: 'Conv2DBackpropInput', backendName: BACKEND, kernelFunc: conv2DBackpropInput as unknown as tf.KernelFunc },
+  { kernelName: 'Tile', backendName: BACKEND, kernelFunc: tile as unknown as tf.KernelFunc },
+];
+
+/**
+ * Registers the training kernels for the 'wasm' backend, replacing any kernel registered under
+ * the same name (wasm's own naive Conv2DBackpropInput). Safe to call more than once.
+ */
+export function registerWasmTrainingKernels(): void {
+  for (const config of TRAINING_KERNELS) {
+    const existing = tf.getKernel(config.kernelName, BACKEND);
+    if (existing?.kernelFunc === config.kernelFunc) continue;
+    if (existing !== undefined) tf.unregisterKernel(config.kernelName, BACKEND);
+    tf.registerKernel(config);
+  }
+}
