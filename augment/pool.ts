@@ -76,6 +76,11 @@ export class AugmentPool {
       // to submission order and the memory bounded by the loader's prefetch.
       concurrentTasksPerWorker: 1,
       idleTimeout: 60_000,
+      // With Piscina's default Atomics wake-ups, small quick batches during long synchronous
+      // training steps on the main thread made the pool see a reply to a task it had already
+      // settled ("Unexpected message from Worker", piscina 5.1): messages only, which costs
+      // nothing measurable at whole-batch task sizes.
+      atomics: 'disabled',
     });
   }
 

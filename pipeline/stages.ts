@@ -184,7 +184,7 @@ export const STAGES: Record<string, StageDefinition> = {
             progressEpoch = epoch;
             progress = createProgress({ label: `pretrain epoch ${epoch + 1}/${c.epochs}`, total: stepsPerEpoch, unit: 'steps', stream: env.io.stderrStream, quiet: env.json });
           }
-          progress.update(step, `loss ${loss.toFixed(4)} ${imagesPerSecond.toFixed(0)} img/s`);
+          progress.update(step, Number.isFinite(loss) ? `loss ${loss.toFixed(4)} ${imagesPerSecond.toFixed(0)} img/s` : undefined);
         },
       }));
       return {

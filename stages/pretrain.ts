@@ -358,6 +358,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         firstIndex: skip * r.batchSize,
       });
       let stepInEpoch = skip;
+      options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
       for await (const batch of batches) {
         const lr = schedule(state.globalStep);
         optimizer.setLearningRate(lr);

@@ -1,0 +1,123 @@
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { writeManifest } from '../../data/manifest.ts';
+import { SCHEMA_VERSION, schemaInfo } from '../../data/schemas.ts';
+import { writeShards } from '../../data/shards.ts';
+import { layersModelFiles } from '../../models/checkpoint.ts';
+import { epochPermutation, holdoutSplit, pretrain, PretrainInputError } from '../../stages/pretrain.ts';
+import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
+
+const SIZE = 8;
+
+/** A tiny labeled images dataset written straight to shards: 4 classes × perClass images of 8 px. */
+async function tinyDataset(perClass: number): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'pretrain-data-'));
+  const classes = SYNTHETIC_CLASSES.slice(0, 4);
+  let a = 7;
+  const random = () => ((a = (a * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const ids: string[] = [];
+  const labels: number[] = [];
+  const pixels = new Uint8Array(classes.length * perClass * SIZE * SIZE * 3);
+  classes.forEach((cls, c) => {
+    for (let i = 0; i < perClass; i++) {
+      pixels.set(renderSynthetic(cls, SIZE, random), ids.length * SIZE * SIZE * 3);
+      ids.push(`${cls}/${i}`);
+      labels.push(c);
+    }
+  });
+  const info = schemaInfo('images', { imageShape: [SIZE, SIZE, 3] }, [...classes]);
+  const shards = await writeShards({ dir, schema: info }, [{ id: ids, label: labels, image: pixels }]);
+  await writeManifest(dir, {
+    schema_version: SCHEMA_VERSION,
+    schema: 'images',
+    rows: ids.length,
+    classes: [...classes],
+    class_counts: Object.fromEntries(classes.map((c) => [c, perClass])),
+    image_shape: [SIZE, SIZE, 3],
+    shards,
+  });
+  return dir;
+}
+
+describe('pretrain stage', () => {
+  let data: string;
+  beforeAll(async () => {
+    data = await tinyDataset(12);
+  });
+
+  it('trains, logs metrics per interval and epoch, writes a checkpoint plain tfjs can load', async () => {
+    const outDir = await mkdtemp(join(tmpdir(), 'pretrain-out-'));
+    const before = tf.memory().numTensors;
+    const lines: string[] = [];
+    const result = await pretrain({
+      data,
+      outDir,
+      epochs: 2,
+      batchSize: 8,
+      headLayers: 2,
+      projectionDim: 16,
+      backend: 'wasm',
+      workers: 1,
+      logEvery: 2,
+      knnHoldout: 2,
+      knnEvery: 1,
+      knnK: 5,
+      log: (l) => lines.push(l),
+    });
+    expect(tf.memory().numTensors).toBe(before);
+    // 4 classes × (12 − 2 held out) = 40 training images → 5 steps of 8 per epoch.
+    expect(result.metrics).toMatchObject({ epochs: 2, steps: 10 });
+    expect(result.metrics.loss).toBeGreaterThan(0);
+    expect(result.metrics.contrastive_accuracy).toBeGreaterThanOrEqual(0);
+    expect(result.metrics.knn_accuracy).toBeGreaterThanOrEqual(0);
+    expect(result.metrics.knn_accuracy_random_init).toBeGreaterThanOrEqual(0);
+    const rows = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    // random-init kNN, then per epoch: steps 2 and 4 (interval rows) and the epoch row.
+    expect(rows.map((r) => r.step)).toEqual([0, 2, 4, 5, 7, 9, 10]);
+    const epochRows = rows.filter((r) => r.summary === 'epoch');
+    expect(epochRows.map((r) => r.epoch)).toEqual([1, 2]);
+    for (const r of epochRows) expect(Object.keys(r)).toEqual(expect.arrayContaining(['loss', 'contrastive_accuracy', 'lr', 'images_per_second', 'knn_accuracy']));
+    expect(lines.join('\n')).toMatch(/kNN accuracy with random weights/);
+
+    // The encoder loads with stock tfjs from its model.json + weights.bin and embeds images.
+    const encoder = await tf.loadLayersModel(layersModelFiles(join(outDir, 'checkpoint', 'encoder')));
+    const y = encoder.predict(tf.zeros([2, SIZE, SIZE, 3])) as tf.Tensor;
+    expect(y.shape).toEqual([2, 64]);
+    expect(Array.from(y.dataSync()).every(Number.isFinite)).toBe(true);
+    tf.dispose([y]);
+    encoder.dispose();
+  });
+
+  it('refuses a batch larger than the data and a resume without checkpoint, naming the option', async () => {
+    const outDir = await mkdtemp(join(tmpdir(), 'pretrain-out-'));
+    await expect(pretrain({ data, outDir, batchSize: 64, backend: 'wasm' })).rejects.toThrow(/pretrain.batchSize 64 is larger than the 48 training images/);
+    await expect(pretrain({ data, outDir, batchSize: 8, resume: true, backend: 'wasm' })).rejects.toThrow(PretrainInputError);
+    await expect(pretrain({ data, outDir, epochs: 0, backend: 'wasm' })).rejects.toThrow('pretrain.epochs must be an integer >= 1, got 0');
+  });
+
+  it('stops on a non-finite loss naming the step', async () => {
+    const outDir = await mkdtemp(join(tmpdir(), 'pretrain-out-'));
+    await expect(
+      pretrain({ data, outDir, epochs: 3, batchSize: 8, optimizer: 'sgd', lr: 1e30, warmupEpochs: 0, headLayers: 1, projectionDim: 8, backend: 'wasm', workers: 1 }),
+    ).rejects.toThrow(/loss is (NaN|Infinity|-Infinity) at epoch \d+ step \d+ \(global step \d+/);
+  });
+});
+
+describe('epochPermutation and holdoutSplit', () => {
+  it('permutes deterministically per (seed, epoch)', () => {
+    const p = epochPermutation(3, 0, 100);
+    expect([...p].sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i));
+    expect(epochPermutation(3, 0, 100)).toEqual(p);
+    expect(epochPermutation(3, 1, 100)).not.toEqual(p);
+    expect(epochPermutation(4, 0, 100)).not.toEqual(p);
+  });
+
+  it('holds out the last N of each class', () => {
+    const images = { ids: ['a', 'b', 'c', 'd', 'e', 'f'], labels: Int32Array.from([0, 1, 0, 1, 0, -1]), pixels: new Uint8Array(0), height: 1, width: 1, classes: ['x', 'y'] };
+    expect(holdoutSplit(images, 1)).toEqual({ train: [0, 1, 2, 5], heldOut: [4, 3] });
+    expect(() => holdoutSplit(images, 2)).toThrow(/leaves no training images of class y/);
+  });
+});
