@@ -36,7 +36,7 @@ describe('useBackend', () => {
     await useBackend('wasm');
     expect(tf.getBackend()).toBe('wasm');
     // Conv2DBackpropFilter is not shipped with tfjs-backend-wasm; our kernels make this work.
-    const g = tf.grad((w: tf.Tensor4D) => tf.sum(tf.conv2d(tf.ones([1, 4, 4, 1]) as tf.Tensor4D, w, 1, 'valid')));
+    const g = tf.grad((w) => tf.sum(tf.conv2d(tf.ones([1, 4, 4, 1]) as tf.Tensor4D, w as tf.Tensor4D, 1, 'valid')));
     const dw = g(tf.ones([3, 3, 1, 1]));
     // Each filter tap sees the all-ones input at 2×2 output positions.
     expect(Array.from(dw.dataSync())).toEqual(new Array(9).fill(4));
