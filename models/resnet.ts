@@ -1,5 +1,6 @@
 // ResNet encoders (He et al. 2016, v1 with width multiplier) as tf.LayersModel with stable layer
-// names, in a small registry; the output is the global-average-pooled representation.
+// names, in a small registry; the output is the global-average-pooled representation. Also the
+// BatchNorm layer they use, whose training gradient is written out (fast on wasm).
 import * as tf from '@tensorflow/tfjs';
 
 export interface EncoderOptions {
@@ -7,7 +8,8 @@ export interface EncoderOptions {
   name: string;
   /** Channel multiplier of every layer (SimCLR's ResNet-50 (2×) is width 2). */
   width?: number;
-  /** Side of the square input in pixels; picks the stem (see `stem`). */
+  /** Side of the square input in pixels; picks the stem: up to 64 px a 3×3 stride-1 conv
+   * without pooling (CIFAR style), above it a 7×7 stride-2 conv and a 3×3 stride-2 max-pool. */
   inputSize: number;
   /** Channels of the input image. */
   inputChannels?: number;
@@ -33,16 +35,17 @@ export interface BatchNormArgs extends LayerArgs {
 function channelSum(x: tf.Tensor4D): tf.Tensor1D {
   const [batch, height, width, channels] = x.shape;
   // A global average pool is one channel-vectorised pass (XNNPACK on wasm), where tf.sum over
-  // the leading axes first transposes the whole tensor: ~20× slower there.
+  // the leading axes first transposes the whole tensor: ~15× slower there.
   const pooled = tf.avgPool(x, [height, width], 1, 'valid'); // [B, 1, 1, C]
-  return tf.mul<tf.Tensor1D>(tf.sum(tf.reshape(pooled, [batch, channels]), 0), height * width);
+  const perImage = tf.reshape(pooled, [batch, channels]); // [B, C]
+  return tf.mul<tf.Tensor1D>(tf.sum(perImage, 0), height * width);
 }
 
 /** x · scale + shift per channel. */
 function affine(x: tf.Tensor4D, scale: tf.Tensor1D, shift?: tf.Tensor1D): tf.Tensor4D {
   // A 1×1 depthwise convolution with bias is one vectorised pass on wasm; tf.batchNorm and
   // broadcasting mul/add take 3–15× longer there. Only used where tfjs does not differentiate it.
-  const filter = tf.reshape(scale, [1, 1, scale.shape[0], 1]) as tf.Tensor4D;
+  const filter = tf.reshape(scale, [1, 1, scale.shape[0], 1]) as tf.Tensor4D; // [1, 1, C, 1]
   return tf.fused.depthwiseConv2d({ x, filter, strides: 1, pad: 'valid', bias: shift });
 }
 
@@ -163,7 +166,7 @@ export class BatchNorm extends tf.layers.Layer {
       const x = Array.isArray(inputs) ? inputs[0] : inputs;
       const channels = x.shape[x.shape.length - 1];
       // Any rank: the statistics run over all leading axes, so fold them into NHWC's batch axis.
-      const x4 = (x.rank === 4 ? x : tf.reshape(x, [-1, 1, 1, channels])) as tf.Tensor4D;
+      const x4 = (x.rank === 4 ? x : tf.reshape(x, [-1, 1, 1, channels])) as tf.Tensor4D; // [N, 1, 1, C]
       const gamma = this.gamma.read() as tf.Tensor1D;
       const beta = this.beta.read() as tf.Tensor1D;
       let y: tf.Tensor4D;
