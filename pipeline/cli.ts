@@ -9,6 +9,11 @@ import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
 /** Error classes whose message is one line about bad usage, config or input: exit 2. */
 const USAGE_ERROR_NAMES = /(UsageError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|ManifestError|CheckpointError)$/;
 
+/** The command line itself is wrong (unknown flag or command, missing value). */
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
 export function exitCodeFor(err: unknown): number {
   return err instanceof Error && USAGE_ERROR_NAMES.test(err.name) ? 2 : 1;
 }
@@ -47,7 +52,6 @@ interface GlobalFlags {
 /** Runs the CLI and returns the exit code (never calls process.exit, so it can be tested). */
 export async function main(args: readonly string[], io: StageIO = defaultIO()): Promise<number> {
   let exitCode = 0;
-  let usageFailure: string | null = null;
   let verbose = args.includes('--verbose');
 
   const runOne = async (stageName: string, argv: Record<string, unknown> & GlobalFlags) => {
@@ -110,9 +114,9 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         if (argv.json) io.stdout(JSON.stringify(summary));
       },
     )
-    .command('run <stage>', 'run one stage of the pipeline in a run directory', (y) => {
+    .command('run', 'run one stage of the pipeline in a run directory', (y) => {
       let r = y
-        .option('config', { type: 'string', describe: 'YAML or JSON config file (flags override it)', global: false })
+        .option('config', { type: 'string', describe: 'YAML or JSON config file (flags override it)' })
         .option('run-dir', { type: 'string', describe: 'run directory (stages pass data through it)' })
         .option('set', { type: 'string', array: true, describe: 'override a config key: key=value or stage.key=value' })
         .option('force', { type: 'boolean', default: false, describe: 'rerun even when the stage is up to date' });
@@ -121,12 +125,43 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         r = r.command(
           name,
           stage.describe,
-          (s) => addOptions(s, { ...COMMON_OPTIONS, ...stage.options }, `${name} options:`),
+          (s) => addOptions(s, { ...COMMON_OPTIONS, ...stage.options }, `${name} options:`).strict(),
           async (argv) => runOne(name, argv as unknown as Record<string, unknown> & GlobalFlags),
         );
       }
       return r.demandCommand(1, `choose a stage: ${STAGE_NAMES.join(', ')}`);
     })
+    .command('augment', 'augmentation tools', (y) =>
+      y
+        .command(
+          'preview',
+          'PNG contact sheet of original | view 1 | view 2 for the first images of a dataset',
+          (p) =>
+            p
+              .option('data', { type: 'string', demandOption: true, describe: 'images dataset directory' })
+              .option('out', { type: 'string', demandOption: true, describe: 'PNG file to write' })
+              .option('pairs', { type: 'number', default: 16, describe: 'images (rows) to show' })
+              .option('seed', { type: 'number', default: 0, describe: 'seed of the views (as in the augment stage)' })
+              .option('epoch', { type: 'number', default: 0, describe: 'epoch of the views' })
+              .option('preset', { type: 'string', default: 'simclr', choices: ['simclr', 'finetune', 'eval'], describe: 'augmentation preset' })
+              .option('color-strength', { type: 'number', describe: 'colour jitter strength s' }),
+          async (argv) => {
+            const { augmentPreview } = await import('../stages/augment-preview.ts');
+            const result = await augmentPreview({
+              data: argv.data as string,
+              out: argv.out as string,
+              pairs: argv.pairs as number,
+              seed: argv.seed as number,
+              epoch: argv.epoch as number,
+              preset: argv.preset as 'simclr' | 'finetune' | 'eval',
+              ...(argv.colorStrength !== undefined ? { colorStrength: argv.colorStrength as number } : {}),
+            });
+            if (argv.json) io.stdout(JSON.stringify(result));
+            else io.stderr(`augment preview: ${result.pairs} images → ${result.out}`);
+          },
+        )
+        .demandCommand(1, 'choose: augment preview'),
+    )
     .command(
       'inspect <path>',
       'describe a dataset directory, a shard or a run directory: schema, counts, metrics',
@@ -141,18 +176,14 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     .exitProcess(false)
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err) => {
-      if (err) throw err;
-      usageFailure = msg;
+      // Throwing here is what stops yargs from running the handler after a validation failure.
+      throw err ?? new UsageError(`${msg} (see pipeline --help)`);
     })
     .help()
     .version(false);
 
   try {
     await parser.parseAsync();
-    if (usageFailure) {
-      io.stderr(`pipeline: ${usageFailure} (see pipeline --help)`);
-      return 2;
-    }
   } catch (err) {
     exitCode = exitCodeFor(err);
     const message = err instanceof Error ? err.message : String(err);

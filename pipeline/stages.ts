@@ -3,6 +3,7 @@
 import { join } from 'node:path';
 import { ENCODERS } from '../models/resnet.ts';
 import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
+import { augmentStage } from '../stages/augment.ts';
 import { ingest } from '../stages/ingest.ts';
 import { pretrain } from '../stages/pretrain.ts';
 import { ConfigError, type OptionSpecs, type ResolvedConfig } from './config.ts';
@@ -89,6 +90,15 @@ async function runIngest(config: ResolvedConfig, outDir: string, env: StageEnv) 
   return result;
 }
 
+const augmentOptions: OptionSpecs = {
+  data: { type: 'string', describe: 'images dataset directory (default: RUN_DIR/ingest)' },
+  epochs: { type: 'int', default: 1, min: 1, describe: 'epochs of view pairs to materialise' },
+  preset: { type: 'string', default: 'simclr', choices: ['simclr', 'finetune', 'eval'], describe: 'augmentation preset' },
+  outputSize: { type: 'int', min: 1, describe: 'side of the views (default: the image side)' },
+  colorStrength: { type: 'number', min: 0, exclusiveMin: true, describe: 'colour jitter strength s (default 0.5 for <= 32 px, else 1)' },
+  batchSize: { type: 'int', default: 256, min: 1, describe: 'images per worker task and record batch' },
+};
+
 const pretrainOptions: OptionSpecs = {
   data: { type: 'string', describe: 'images dataset directory (default: RUN_DIR/ingest)' },
   epochs: { type: 'int', default: 100, min: 1, describe: 'passes over the training images' },
@@ -134,6 +144,41 @@ export const STAGES: Record<string, StageDefinition> = {
     standalone: async (config, outDir, env) => {
       const result = await runIngest(config, outDir, env);
       return { stage: 'ingest', out_dir: outDir, rows: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, manifest: result.manifestPath };
+    },
+  },
+  augment: {
+    describe: 'materialise epochs of augmented view pairs into views shards in RUN_DIR/augment',
+    options: augmentOptions,
+    volatile: ['workers'],
+    inputs: async (config, runDir) => [(config.data as string | undefined) ?? join(runDir, 'ingest')],
+    run: async (ctx, env) => {
+      const c = ctx.config;
+      let progress: ReturnType<typeof createProgress> | null = null;
+      const result = await augmentStage(
+        definedOnly({
+          data: (c.data as string | undefined) ?? join(ctx.runDir, 'ingest'),
+          outDir: ctx.stageDir,
+          epochs: c.epochs as number,
+          preset: c.preset as 'simclr' | 'finetune' | 'eval',
+          outputSize: c.outputSize as number | undefined,
+          colorStrength: c.colorStrength as number | undefined,
+          batchSize: c.batchSize as number,
+          seed: c.seed as number,
+          workers: c.workers as number | undefined,
+          signal: env.signal,
+          log: env.log,
+          onProgress: (done: number, total: number) => {
+            progress ??= createProgress({ label: 'augment', total, unit: 'pairs', stream: env.io.stderrStream, quiet: env.json });
+            progress.update(done);
+          },
+        }),
+      );
+      (progress as ReturnType<typeof createProgress> | null)?.finish();
+      return {
+        outputs: result.manifest.shards.map((s) => ({ path: join(ctx.stageDir, s.path), rows: s.rows })),
+        metrics: { pairs: result.rows, pairs_per_second: result.pairsPerSecond },
+        extra: result.manifest,
+      };
     },
   },
   pretrain: {

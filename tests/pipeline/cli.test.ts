@@ -1,0 +1,82 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../pipeline/cli.ts';
+import { shardFromEnvironment } from '../../pipeline/stages.ts';
+import { makeSyntheticDataset } from '../../scripts/synthetic.ts';
+
+/** Runs the CLI in-process and captures what it prints. */
+async function run(args: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+describe('pipeline CLI', () => {
+  let images: string;
+  beforeAll(async () => {
+    images = await mkdtemp(join(tmpdir(), 'cli-images-'));
+    await makeSyntheticDataset({ dir: images, perClass: 3, size: 12, classes: ['disc', 'square'] });
+  });
+
+  it('ingests into a run dir, prints a JSON summary, skips an up-to-date rerun, inspects', async () => {
+    const runDir = await mkdtemp(join(tmpdir(), 'cli-run-'));
+    const first = await run(['run', 'ingest', '--run-dir', runDir, '--input', images, '--size', '8', '--workers', '1', '--json']);
+    expect(first.code).toBe(0);
+    const summary = JSON.parse(first.out);
+    expect(summary).toMatchObject({ stage: 'ingest', skipped: false, status: 'completed', metrics: { images: 6, rejected: 0 } });
+    const manifest = JSON.parse(await readFile(join(runDir, 'ingest', 'manifest.json'), 'utf8'));
+    // One file is both the stage manifest and the dataset manifest.
+    expect(manifest).toMatchObject({ stage: 'ingest', status: 'completed', schema: 'images', rows: 6, classes: ['disc', 'square'], image_shape: [8, 8, 3] });
+    expect(JSON.parse(await readFile(join(runDir, 'ingest', 'config.json'), 'utf8'))).toMatchObject({ size: 8, input: images });
+
+    const again = await run(['run', 'ingest', '--run-dir', runDir, '--input', images, '--size', '8', '--workers', '2', '--json']);
+    expect(JSON.parse(again.out)).toMatchObject({ skipped: true });
+
+    const inspectRun = await run(['inspect', runDir, '--json']);
+    expect(JSON.parse(inspectRun.out)).toMatchObject({ kind: 'run', stages: [{ stage: 'ingest', status: 'completed' }] });
+    const inspectData = await run(['inspect', join(runDir, 'ingest'), '--rows', '1']);
+    expect(inspectData.code).toBe(0);
+    expect(inspectData.out).toMatch(/rows 6/);
+    expect(inspectData.out).toMatch(/classes \(2\): disc 3, square 3/);
+  });
+
+  it.each([
+    [['run', 'ingest', '--run-dir', '/tmp/x', '--input', '/no/such/folder'], /input \/no\/such\/folder does not exist/],
+    [['run', 'ingest', '--run-dir', '/tmp/x', '--input', '.', '--size', '0'], /flag 'size' must be >= 1, got 0/],
+    [['run', 'pretrain', '--input', 'x'], /Unknown argument: input/],
+    [['run', 'pretrain', '--epochs', '2'], /--run-dir is required/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--model', 'vgg'], /must be one of .*resnet20/],
+    [['frobnicate'], /Unknown argument: frobnicate/],
+    [['inspect', '/no/such/path'], /inspect: \/no\/such\/path does not exist/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--backend', 'tensorflow-gpu'], /backend 'tensorflow-gpu' is not available|does not exist/],
+  ])('exits 2 with one line for bad usage or input: %j', async (args, message) => {
+    const { code, err } = await run(args as string[]);
+    expect(code).toBe(2);
+    expect(err).toMatch(message);
+    expect(err).not.toMatch(/\n\s+at /); // no stack trace without --verbose
+  });
+
+  it('reads a YAML config with flags taking precedence, and refuses unknown keys', async () => {
+    const runDir = await mkdtemp(join(tmpdir(), 'cli-run-'));
+    const config = join(runDir, 'pipeline.yaml');
+    await writeFile(config, `run_dir: ${runDir}\ningest:\n  input: ${images}\n  size: 6\n`);
+    const ok = await run(['run', 'ingest', '--config', config, '--size', '7', '--json']);
+    expect(ok.code).toBe(0);
+    const manifest = JSON.parse(await readFile(join(runDir, 'ingest', 'manifest.json'), 'utf8'));
+    expect(manifest.image_shape).toEqual([7, 7, 3]);
+    await writeFile(config, `run_dir: ${runDir}\ningest:\n  input: ${images}\n  sise: 6\n`);
+    const bad = await run(['run', 'ingest', '--config', config]);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/section ingest: unknown key 'sise'/);
+  });
+
+  it('takes the shard from Kubernetes or Slurm job variables', () => {
+    expect(shardFromEnvironment({}, { SLURM_ARRAY_TASK_ID: '2', SLURM_ARRAY_TASK_COUNT: '4' })).toEqual({ shardIndex: 2, numShards: 4 });
+    expect(shardFromEnvironment({ numShards: 8 }, { JOB_COMPLETION_INDEX: '5' })).toEqual({ shardIndex: 5, numShards: 8 });
+    expect(shardFromEnvironment({ shardIndex: 1, numShards: 3 }, { JOB_COMPLETION_INDEX: '5' })).toEqual({ shardIndex: 1, numShards: 3 });
+    expect(() => shardFromEnvironment({}, { JOB_COMPLETION_INDEX: '5' })).toThrow(/needs --num-shards/);
+  });
+});
