@@ -5,6 +5,7 @@ import {
   adjustContrastInPlace,
   adjustHueInPlace,
   adjustSaturationInPlace,
+  gaussianBlurGrayInPlace,
   gaussianBlurInPlace,
   grayscaleInPlace,
   hflipInPlace,
@@ -32,6 +33,10 @@ export function applyView(src: RgbImage, params: ViewParams, outputSize: number,
     }
   }
   if (params.grayscale) grayscaleInPlace(view);
-  if (params.blur) gaussianBlurInPlace(view, params.blur.kernelSize, params.blur.sigma);
+  if (params.blur) {
+    // A grayscale view has three equal channels: blurring one plane gives the same bytes at a third of the cost.
+    const blur = params.grayscale ? gaussianBlurGrayInPlace : gaussianBlurInPlace;
+    blur(view, params.blur.kernelSize, params.blur.sigma);
+  }
   return out;
 }
