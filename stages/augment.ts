@@ -20,7 +20,10 @@ export interface AugmentStageOptions extends Omit<AugmentOptionsInput, 'output'>
   seed?: number;
   /** Augmentation threads. Default: all cores (the main thread only writes shards). */
   workers?: number;
-  /** Images per worker task and per written record batch. Default 256. */
+  /**
+   * Images per worker task and per written record batch. Default: 256, fewer for large views so
+   * a batch's view pairs stay within 32 MiB (the loader keeps 2 × workers batches in flight).
+   */
   batchSize?: number;
   /** Rows per shard file before rolling over. Default 10,000 (DESIGN.md). */
   maxRowsPerShard?: number;
@@ -48,10 +51,14 @@ export class AugmentInputError extends Error {
   override name = 'AugmentInputError';
 }
 
+/** The default batchSize for views of side S: 256, or as many pairs as fit in 32 MiB (111 at 224 px). */
+export function defaultAugmentBatchSize(outputSize: number): number {
+  return Math.max(1, Math.min(256, Math.floor((32 * 2 ** 20) / (2 * outputSize * outputSize * 3))));
+}
+
 const STAGE_DEFAULTS = {
   epochs: 1,
   seed: 0,
-  batchSize: 256,
   maxRowsPerShard: DEFAULT_MAX_ROWS,
   maxBytesPerShard: DEFAULT_MAX_BYTES,
 } as const;
@@ -62,7 +69,8 @@ interface Resolved {
   epochs: number;
   seed: number;
   workers: number;
-  batchSize: number;
+  /** Undefined: chosen from the output size once the dataset is read. */
+  batchSize: number | undefined;
   maxRowsPerShard: number;
   maxBytesPerShard: number;
   augmentInput: AugmentOptionsInput;
@@ -78,7 +86,7 @@ function resolveStageOptions(options: AugmentStageOptions): Resolved {
     epochs: defined(epochs, STAGE_DEFAULTS.epochs),
     seed: defined(seed, STAGE_DEFAULTS.seed),
     workers: defined(workers, availableParallelism()),
-    batchSize: defined(batchSize, STAGE_DEFAULTS.batchSize),
+    batchSize,
     maxRowsPerShard: defined(maxRowsPerShard, STAGE_DEFAULTS.maxRowsPerShard),
     maxBytesPerShard: defined(maxBytesPerShard, STAGE_DEFAULTS.maxBytesPerShard),
     augmentInput,
@@ -88,6 +96,7 @@ function resolveStageOptions(options: AugmentStageOptions): Resolved {
   if (resolve(data) === resolve(outDir)) throw new AugmentInputError(`augment.outDir must differ from augment.data (${data})`);
   const int = (name: 'epochs' | 'seed' | 'workers' | 'batchSize' | 'maxRowsPerShard' | 'maxBytesPerShard', min: number, max = Number.MAX_SAFE_INTEGER) => {
     const v = r[name];
+    if (v === undefined) return;
     if (!Number.isInteger(v) || v < min || v > max) throw new AugmentInputError(`augment.${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
   };
   // Epoch numbers key the Philox streams as 32-bit words.
@@ -144,6 +153,7 @@ export async function augmentStage(options: AugmentStageOptions): Promise<Augmen
   const augment = resolveViewsTransform(o.augmentInput, Math.min(height, width));
   const requestedPreset = o.augmentInput.preset ?? 'simclr';
   const S = augment.outputSize;
+  const batchSize = o.batchSize ?? defaultAugmentBatchSize(S);
   const total = input.rows * o.epochs;
 
   const outDir = resolve(o.outDir);
@@ -169,7 +179,7 @@ export async function augmentStage(options: AugmentStageOptions): Promise<Augmen
       // and a trainer reading these shards shuffles rows itself. Dataset order also lets rows of
       // one epoch be checked against the input row for row.
       const source = datasetSource(o.data, input, classCounts);
-      const batches = augmentBatches(source, { ...augment, pool, batchSize: o.batchSize, seed: o.seed, epoch, signal: options.signal });
+      const batches = augmentBatches(source, { ...augment, pool, batchSize, seed: o.seed, epoch, signal: options.signal });
       for await (const b of batches) {
         const n = b.ids.length;
         await writer.write({ id: b.ids, epoch: new Int32Array(n).fill(epoch), view1: b.view1 as Uint8Array, view2: b.view2 as Uint8Array });

@@ -10,7 +10,7 @@ import { applyView } from '../../augment/transform.ts';
 import { readDataset, readManifest, verifyManifest, writeManifest } from '../../data/manifest.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../../data/schemas.ts';
 import { ShardWriter } from '../../data/shards.ts';
-import { AugmentInputError, augmentStage, type AugmentStageOptions, type AugmentStageResult } from '../../stages/augment.ts';
+import { AugmentInputError, augmentStage, defaultAugmentBatchSize, type AugmentStageOptions, type AugmentStageResult } from '../../stages/augment.ts';
 
 const H = 20;
 const W = 20;
@@ -163,6 +163,12 @@ describe('augmentStage', () => {
       expect(Buffer.from(got).equals(Buffer.from(applyView({ data: pixelsOf(6), height: H, width: W }, params, H)))).toBe(true);
     }
     expect((ft.manifest.augment as { preset: string }).preset).toBe('finetune');
+  });
+
+  it('defaults to batches of at most 256 pairs and 32 MiB of views', () => {
+    expect(defaultAugmentBatchSize(32)).toBe(256);
+    expect(defaultAugmentBatchSize(224)).toBe(Math.floor(2 ** 25 / (2 * 224 * 224 * 3))); // 111
+    expect(defaultAugmentBatchSize(4096)).toBe(1);
   });
 
   it('refuses bad options and inputs with AugmentInputError naming the field', async () => {
