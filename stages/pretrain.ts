@@ -152,6 +152,9 @@ function resolve(options: PretrainOptions): Resolved {
   return r;
 }
 
+/** Permutation key of the --limit subset: an "epoch" no training run reaches. */
+const SUBSET_EPOCH = 0xffffffff;
+
 /** A permutation of 0..n-1 that depends only on (seed, epoch): Fisher–Yates on Philox words. */
 export function epochPermutation(seed: number, epoch: number, n: number): Uint32Array {
   const perm = new Uint32Array(n);
@@ -193,6 +196,16 @@ export function holdoutSplit(images: InMemoryImages, perClass: number): { train:
   return { train: train.sort((a, b) => a - b), heldOut };
 }
 
+/**
+ * At most `limit` of `rows` (0 = all), a seeded random subset in dataset order: not the first rows,
+ * because datasets are sorted by class folder and the first rows would be one class.
+ */
+export function limitRows(rows: number[], limit: number, seed: number): number[] {
+  if (limit === 0 || limit >= rows.length) return rows;
+  const pick = epochPermutation(seed, SUBSET_EPOCH, rows.length).subarray(0, limit);
+  return Array.from(pick, (i) => rows[i]).sort((a, b) => a - b);
+}
+
 function defaultBaseLr(optimizer: OptimizerName, scaling: LearningRateScaling): number {
   if (optimizer === 'adam') return 1e-3;
   // SimCLR: 0.3 × B/256 with linear scaling, 0.075 × √B with square-root scaling.
@@ -232,7 +245,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
   if (all.height !== all.width) throw new PretrainInputError(`pretrain: images in ${options.data} are ${all.height}x${all.width}; square images are expected (ingest with --size)`);
   const size = all.height;
   const { train: trainRowsAll, heldOut } = holdoutSplit(all, r.knnHoldout);
-  const trainRows = r.limit > 0 ? trainRowsAll.slice(0, r.limit) : trainRowsAll;
+  const trainRows = limitRows(trainRowsAll, r.limit, r.seed);
   const train = gatherImages(all, trainRows);
   const n = train.ids.length;
   if (n < r.batchSize) {

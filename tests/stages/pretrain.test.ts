@@ -7,7 +7,7 @@ import { writeManifest } from '../../data/manifest.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../../data/schemas.ts';
 import { writeShards } from '../../data/shards.ts';
 import { layersModelFiles } from '../../models/checkpoint.ts';
-import { epochPermutation, holdoutSplit, pretrain, PretrainInputError } from '../../stages/pretrain.ts';
+import { epochPermutation, holdoutSplit, limitRows, pretrain, PretrainInputError } from '../../stages/pretrain.ts';
 import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
 
 const SIZE = 8;
@@ -113,6 +113,19 @@ describe('epochPermutation and holdoutSplit', () => {
     expect(epochPermutation(3, 0, 100)).toEqual(p);
     expect(epochPermutation(3, 1, 100)).not.toEqual(p);
     expect(epochPermutation(4, 0, 100)).not.toEqual(p);
+  });
+
+  it('limits to a seeded random subset spread over the classes, not the first rows', () => {
+    const rows = Array.from({ length: 1000 }, (_, i) => i); // 10 classes of 100, sorted by class
+    const picked = limitRows(rows, 100, 0);
+    expect(picked).toHaveLength(100);
+    expect(new Set(picked).size).toBe(100);
+    expect(picked).toEqual([...picked].sort((a, b) => a - b));
+    const classes = new Set(picked.map((r) => Math.floor(r / 100)));
+    expect(classes.size).toBe(10);
+    expect(limitRows(rows, 100, 0)).toEqual(picked);
+    expect(limitRows(rows, 100, 1)).not.toEqual(picked);
+    expect(limitRows(rows, 0, 0)).toBe(rows);
   });
 
   it('holds out the last N of each class', () => {
