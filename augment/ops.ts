@@ -55,7 +55,7 @@ const coeffCache = new Map<number, Coeffs>();
  * Pillow's precompute_coeffs + normalize_coeffs_8bpc, laid out as equal-width windows: every
  * output gets `taps` weights (zeros pad the narrower windows; a window near the end starts
  * earlier so it stays inside the input). Adding w·0 changes no sum, and equal widths let the
- * passes below run straight-line code for the common 1–4 taps instead of a short inner loop.
+ * passes below run straight-line code for the common 2–5 taps instead of a short inner loop.
  */
 function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
   const cacheKey = inSize * 65536 + outSize;
@@ -196,6 +196,14 @@ function horizontalPass(s: Uint8Array, start: number, stride: number, rows: numb
         dst[o] = (half + s[p] * k0 + s[p + 3] * k1 + s[p + 6] * k2 + s[p + 9] * k3) >> P;
         dst[o + 1] = (half + s[p + 1] * k0 + s[p + 4] * k1 + s[p + 7] * k2 + s[p + 10] * k3) >> P;
         dst[o + 2] = (half + s[p + 2] * k0 + s[p + 5] * k1 + s[p + 8] * k2 + s[p + 11] * k3) >> P;
+      } else if (taps === 5) {
+        const k1 = kk[kb + 1];
+        const k2 = kk[kb + 2];
+        const k3 = kk[kb + 3];
+        const k4 = kk[kb + 4];
+        dst[o] = (half + s[p] * k0 + s[p + 3] * k1 + s[p + 6] * k2 + s[p + 9] * k3 + s[p + 12] * k4) >> P;
+        dst[o + 1] = (half + s[p + 1] * k0 + s[p + 4] * k1 + s[p + 7] * k2 + s[p + 10] * k3 + s[p + 13] * k4) >> P;
+        dst[o + 2] = (half + s[p + 2] * k0 + s[p + 5] * k1 + s[p + 8] * k2 + s[p + 11] * k3 + s[p + 14] * k4) >> P;
       } else {
         let s0 = half;
         let s1 = half;
@@ -227,7 +235,7 @@ function verticalPass(s: Uint8Array, start: number, stride: number, coeffs: Coef
     const kb = yy * taps;
     const k0 = kk[kb];
     const o = yy * rowLen;
-    // One straight-line loop per common window width, chosen once per output row.
+    // One straight-line loop per common window width (2–5 taps: shrinking up to ~2.5×), chosen once per output row.
     if (taps === 2) {
       const k1 = kk[kb + 1];
       for (let i = 0; i < rowLen; i++) dst[o + i] = (half + s[a + i] * k0 + s[b + i] * k1) >> P;
@@ -240,6 +248,13 @@ function verticalPass(s: Uint8Array, start: number, stride: number, coeffs: Coef
       const k2 = kk[kb + 2];
       const k3 = kk[kb + 3];
       for (let i = 0; i < rowLen; i++) dst[o + i] = (half + s[a + i] * k0 + s[b + i] * k1 + s[c + i] * k2 + s[d + i] * k3) >> P;
+    } else if (taps === 5) {
+      const e = d + stride;
+      const k1 = kk[kb + 1];
+      const k2 = kk[kb + 2];
+      const k3 = kk[kb + 3];
+      const k4 = kk[kb + 4];
+      for (let i = 0; i < rowLen; i++) dst[o + i] = (half + s[a + i] * k0 + s[b + i] * k1 + s[c + i] * k2 + s[d + i] * k3 + s[e + i] * k4) >> P;
     } else {
       for (let i = 0; i < rowLen; i++) {
         let ss = half;

@@ -116,7 +116,9 @@ describe('resizedCrop equals the one-pixel-at-a-time Pillow resample', () => {
   it('on random crops, shrinking (up to 9 taps) and enlarging, one or both directions', () => {
     const src = noiseImage(61, 83);
     const cases: Array<[{ top: number; left: number; height: number; width: number }, number, number]> = [
-      [{ top: 0, left: 0, height: 61, width: 83 }, 17, 9], // 4.9× / 9.2× shrink: wide windows
+      [{ top: 0, left: 0, height: 61, width: 83 }, 17, 9], // 3.6× / 9.2× shrink: wide windows, the generic loops
+      [{ top: 2, left: 9, height: 44, width: 44 }, 20, 20], // 2.2× shrink: 5-tap windows
+      [{ top: 2, left: 9, height: 36, width: 28 }, 20, 20], // 1.8× / 1.4× shrink: 4 and 3 taps
       [{ top: 3, left: 5, height: 20, width: 40 }, 20, 31], // vertical unchanged
       [{ top: 7, left: 2, height: 44, width: 29 }, 13, 29], // horizontal unchanged
       [{ top: 1, left: 1, height: 1, width: 1 }, 5, 4], // one pixel enlarged
