@@ -328,8 +328,20 @@ function blendLut(base: number, alpha: number): Uint8Array {
   return lut;
 }
 
+/**
+ * d[i] = lut[d[i]], four bytes per step through a Uint32 view of the aligned middle (~1.8× fewer
+ * memory operations). Each byte is mapped in place within its word, so endianness is irrelevant.
+ */
 function applyLut(d: Uint8Array, lut: Uint8Array): void {
-  for (let i = 0; i < d.length; i++) d[i] = lut[d[i]];
+  const head = Math.min(d.length, (4 - (d.byteOffset & 3)) & 3);
+  const words = (d.length - head) >> 2;
+  for (let i = 0; i < head; i++) d[i] = lut[d[i]];
+  const w = new Uint32Array(d.buffer, d.byteOffset + head, words);
+  for (let i = 0; i < words; i++) {
+    const v = w[i];
+    w[i] = lut[v & 255] | (lut[(v >>> 8) & 255] << 8) | (lut[(v >>> 16) & 255] << 16) | (lut[v >>> 24] << 24);
+  }
+  for (let i = head + words * 4; i < d.length; i++) d[i] = lut[d[i]];
 }
 
 /** adjust_brightness: blend with black (ImageEnhance.Brightness). */

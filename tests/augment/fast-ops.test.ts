@@ -2,6 +2,8 @@
 // arithmetic (one output at a time, no tables, no padding tricks): the bytes must be identical.
 import { describe, expect, it } from 'vitest';
 import {
+  adjustBrightnessInPlace,
+  adjustContrastInPlace,
   adjustHueInPlace,
   adjustSaturationInPlace,
   blendByte,
@@ -12,6 +14,7 @@ import {
   hsvToRgbPil,
   hueShiftByte,
   luma,
+  meanLuma,
   reflectIndex,
   resizedCrop,
   rgbToHsvPil,
@@ -181,6 +184,22 @@ describe('gaussianBlurInPlace equals the one-output-at-a-time float64 blur', () 
 });
 
 describe('colour ops equal their per-pixel definitions', () => {
+  it('brightness and contrast map every byte through blendByte, also in unaligned views of odd length', () => {
+    const buffer = noiseImage(1, 700).data;
+    for (const [offset, pixels] of [[0, 700], [1, 333], [2, 5], [3, 1], [5, 98]]) {
+      for (const factor of [0.3, 1.45]) {
+        const img = { data: buffer.slice().subarray(offset, offset + pixels * 3), height: 1, width: pixels };
+        const original = img.data.slice();
+        adjustBrightnessInPlace(img, factor);
+        expect(firstDifference(img.data, original.map((v) => blendByte(0, v, factor))), `brightness at ${offset}`).toBeNull();
+        const mean = meanLuma({ ...img, data: original });
+        img.data.set(original);
+        adjustContrastInPlace(img, factor);
+        expect(firstDifference(img.data, original.map((v) => blendByte(mean, v, factor))), `contrast at ${offset}`).toBeNull();
+      }
+    }
+  });
+
   it('adjustSaturationInPlace is blendByte(luma, channel, factor) for every channel', () => {
     const img = noiseImage(64, 64);
     for (const factor of [0, 0.2, 0.7, 1.0001, 1.4, 1.8, 2.5]) {
