@@ -74,16 +74,16 @@ async function measure(backend: string, batch: number, warmup: number, steps: nu
   }
 
   const forwardCpuMs = (m: tf.LayersModel): number => {
-    const times: number[] = [];
+    const samples: number[] = [];
     for (let i = 0; i < Math.max(3, steps) + 1; i++) {
       const cpuStart = process.cpuUsage();
       const features = m.predict(x) as tf.Tensor;
       features.dataSync();
       const cpu = process.cpuUsage(cpuStart);
       features.dispose();
-      if (i > 0) times.push((cpu.user + cpu.system) / 1000); // the first call packs the filters
+      if (i > 0) samples.push((cpu.user + cpu.system) / 1000); // the first call packs the filters
     }
-    return median(times);
+    return median(samples);
   };
   const forwardMs = forwardCpuMs(model);
   // The same topology and weights with tfjs' own batch-norm layer.
