@@ -2,12 +2,12 @@
 // for `auto`), registers the project's training kernels where the backend lacks them.
 import * as tf from '@tensorflow/tfjs';
 
-export const BACKEND_NAMES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKEND_NAMES = ['auto', 'tensorflow-gpu', 'tensorflow', 'onnxruntime', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
 export type ConcreteBackend = Exclude<BackendName, 'auto'>;
 
 /** Order in which `auto` tries backends: fastest first, the pure-JS one last. */
-export const AUTO_ORDER: readonly ConcreteBackend[] = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+export const AUTO_ORDER: readonly ConcreteBackend[] = ['tensorflow-gpu', 'tensorflow', 'onnxruntime', 'wasm', 'cpu'];
 
 /** A backend that was asked for by name and cannot be loaded on this machine. */
 export class BackendUnavailableError extends Error {
@@ -55,6 +55,26 @@ async function load(name: ConcreteBackend): Promise<BackendChoice> {
         throw new BackendUnavailableError(name, 'the wasm backend did not initialise');
       }
       return { name, tfName: 'wasm' };
+    }
+    case 'onnxruntime': {
+      // The wasm backend with its heavy kernels run by onnxruntime-node (models/onnx-kernels.ts);
+      // it shares wasm's instance, so wasm is initialised first.
+      await import('@tensorflow/tfjs-backend-wasm');
+      const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
+      registerWasmTrainingKernels();
+      if (!(await tf.setBackend('wasm'))) {
+        throw new BackendUnavailableError(name, 'the wasm backend it builds on did not initialise');
+      }
+      const { registerOnnxruntimeBackend } = await import('./onnx-kernels.ts');
+      try {
+        registerOnnxruntimeBackend();
+      } catch (err) {
+        throw new BackendUnavailableError(name, `${firstLine(err)} (onnxruntime-node is an optional dependency)`);
+      }
+      if (!(await tf.setBackend('onnxruntime'))) {
+        throw new BackendUnavailableError(name, "its 'onnxruntime' backend did not initialise");
+      }
+      return { name, tfName: 'onnxruntime' };
     }
     case 'cpu': {
       await tf.setBackend('cpu');

@@ -1,0 +1,642 @@
+// The 'onnxruntime' tfjs backend: the wasm backend with its heavy kernels (convolutions, their
+// gradients, matmuls) run by onnxruntime-node's multi-threaded CPU provider, synchronously.
+//
+// Design. tfjs kernels are synchronous; onnxruntime-node's public InferenceSession.run returns a
+// promise, but it is a thin wrapper (dist/backend.js) that calls its native session's run(feeds,
+// fetches, options) inside setImmediate: that native call is synchronous. We use the native
+// binding directly (dist/binding.js), pinned to the exact onnxruntime-node version we checked it
+// against (ORT_PINNED_VERSION) and guarded by a test that fails when it moves.
+// Each (op, shapes, attributes) gets a tiny ONNX graph, built in TypeScript (onnx-proto.ts), whose
+// native session is created once and cached. Inputs are views of the wasm heap (the native side
+// wraps them without copying); outputs are preallocated on the wasm heap and passed as fetches, so
+// ORT writes results in place. Nothing in JS runs while a native run is in flight, so the heap
+// cannot grow (and detach the views) under it.
+import * as tf from '@tensorflow/tfjs';
+// Imported for its side effect: the wasm backend and its kernels must exist before we copy them.
+import '@tensorflow/tfjs-backend-wasm';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './onnx-proto.ts';
+
+export const ONNX_BACKEND_NAME = 'onnxruntime';
+/** The onnxruntime-node version whose native binding layout this file relies on. */
+export const ORT_PINNED_VERSION = '1.30.0';
+/** Opset of the generated graphs: Clip with min/max inputs (11+), Slice with steps (10+). */
+const OPSET = 17;
+const WASM = 'wasm';
+const FLOAT = OnnxDataType.FLOAT;
+
+type TensorInfo = tf.TensorInfo;
+type Pads4 = [top: number, bottom: number, left: number, right: number];
+
+/** The parts of tfjs-backend-wasm's BackendWasm used here beyond the KernelBackend interface. */
+interface WasmBackend extends tf.KernelBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
+  typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The synchronous native path
+
+/** onnxruntime-common's Tensor constructor, as the native binding expects feeds and fetches. */
+type OrtTensorCtor = new (type: 'float32', data: Float32Array, dims: readonly number[]) => object;
+
+/** The native InferenceSession class of onnxruntime_binding.node (1.30.0). */
+export interface NativeSession {
+  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
+  /** Synchronous: runs the graph on the calling thread (plus ORT's intra-op pool) and returns. */
+  run(feeds: Record<string, object>, fetches: Record<string, object | null>, options?: object): Record<string, unknown>;
+  dispose(): void;
+  readonly inputNames?: string[];
+  readonly outputNames?: string[];
+}
+
+export interface OrtSync {
+  version: string;
+  Session: new () => NativeSession;
+  Tensor: OrtTensorCtor;
+}
+
+/** onnxruntime-node is missing, fails to load, or is not the version the sync path was checked on. */
+export class OnnxRuntimeUnavailableError extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'OnnxRuntimeUnavailableError';
+  }
+}
+
+/**
+ * Loads onnxruntime-node's native binding and returns its synchronous session class. Throws
+ * OnnxRuntimeUnavailableError when the package is absent or its internals are not where 1.30.0
+ * keeps them (dist/binding.js exporting `binding.InferenceSession` and `initOrt`).
+ */
+export function loadOrtSync(): OrtSync {
+  const require = createRequire(import.meta.url);
+  let version: string;
+  let bindingModule: { binding?: { InferenceSession?: unknown }; initOrt?: unknown };
+  let Tensor: unknown;
+  try {
+    version = (require('onnxruntime-node/package.json') as { version: string }).version;
+  } catch (err) {
+    throw new OnnxRuntimeUnavailableError(`onnxruntime-node is not installed (${firstLine(err)})`);
+  }
+  if (version !== ORT_PINNED_VERSION) {
+    throw new OnnxRuntimeUnavailableError(
+      `onnxruntime-node ${version} is installed; the synchronous path was checked against ${ORT_PINNED_VERSION} only (models/onnx-kernels.ts)`,
+    );
+  }
+  try {
+    bindingModule = require('onnxruntime-node/dist/binding.js');
+    Tensor = (require('onnxruntime-node') as { Tensor?: unknown }).Tensor;
+  } catch (err) {
+    throw new OnnxRuntimeUnavailableError(`onnxruntime-node failed to load its native binding (${firstLine(err)})`);
+  }
+  const Session = bindingModule.binding?.InferenceSession;
+  const proto = (Session as { prototype?: Record<string, unknown> } | undefined)?.prototype;
+  if (
+    typeof Session !== 'function' ||
+    typeof bindingModule.initOrt !== 'function' ||
+    typeof proto?.loadModel !== 'function' ||
+    typeof proto?.run !== 'function' ||
+    typeof proto?.dispose !== 'function' ||
+    typeof Tensor !== 'function'
+  ) {
+    throw new OnnxRuntimeUnavailableError(
+      `onnxruntime-node ${version}: dist/binding.js no longer exports binding.InferenceSession{loadModel, run, dispose} and initOrt`,
+    );
+  }
+  // Registers the Tensor class the native side builds outputs with, and the log level; once.
+  (bindingModule.initOrt as () => void)();
+  return { version, Session: Session as new () => NativeSession, Tensor: Tensor as OrtTensorCtor };
+}
+
+function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split('\n')[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session cache
+
+export interface OnnxKernelOptions {
+  /** ORT intra-op threads per session; default: every core (os.availableParallelism()). */
+  threads?: number;
+  /**
+   * Let ORT's pool threads busy-wait for the next run. Off by default: between two ORT runs the
+   * main thread runs wasm kernels, and spinning workers take the cores it needs (measured 20 vs
+   * 32 ms for a 3×3 convolution on a loaded 2-core machine).
+   */
+  spinning?: boolean;
+}
+
+interface GraphSpec {
+  nodes: OnnxNode[];
+  inputs: { name: string; shape: readonly number[] }[];
+  outputs: { name: string; shape: readonly number[] }[];
+  initializers?: OnnxTensor[];
+}
+
+interface CachedSession {
+  session: NativeSession;
+  inputs: { name: string; shape: readonly number[] }[];
+  outputs: { name: string; shape: readonly number[] }[];
+}
+
+export interface OnnxKernelStats {
+  /** Native sessions created (one per distinct op, shapes and attributes). */
+  sessions: number;
+  /** Native runs, per tfjs kernel name. */
+  runs: Record<string, number>;
+}
+
+class SessionCache {
+  private readonly sessions = new Map<string, CachedSession>();
+  private readonly runs: Record<string, number> = {};
+  private readonly sessionOptions: object;
+
+  constructor(
+    private readonly ort: OrtSync,
+    { threads = availableParallelism(), spinning = false }: OnnxKernelOptions,
+  ) {
+    if (!Number.isInteger(threads) || threads < 1) throw new Error(`onnxruntime.threads must be a positive integer, got ${threads}`);
+    this.sessionOptions = {
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1, // one node per graph: nothing to run side by side
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } },
+    };
+  }
+
+  get(key: string, build: () => GraphSpec): CachedSession {
+    let entry = this.sessions.get(key);
+    if (entry === undefined) {
+      const spec = build();
+      const model = encodeModel({
+        opset: OPSET,
+        graph: {
+          name: key,
+          nodes: spec.nodes,
+          initializers: spec.initializers,
+          inputs: spec.inputs.map(({ name, shape }) => ({ name, elemType: FLOAT, shape })),
+          outputs: spec.outputs.map(({ name, shape }) => ({ name, elemType: FLOAT, shape })),
+        },
+      });
+      const session = new this.ort.Session();
+      try {
+        session.loadModel(model.buffer, model.byteOffset, model.byteLength, this.sessionOptions);
+      } catch (err) {
+        throw new Error(`onnxruntime could not load the graph for ${key}: ${firstLine(err)}`);
+      }
+      entry = { session, inputs: spec.inputs, outputs: spec.outputs };
+      this.sessions.set(key, entry);
+    }
+    return entry;
+  }
+
+  /** Runs synchronously; `outputs` are written in place. Arrays follow the spec's order. */
+  run(kernel: string, entry: CachedSession, inputs: Float32Array[], outputs: Float32Array[]): void {
+    const feeds: Record<string, object> = {};
+    entry.inputs.forEach(({ name, shape }, i) => (feeds[name] = new this.ort.Tensor('float32', inputs[i], shape)));
+    const fetches: Record<string, object> = {};
+    entry.outputs.forEach(({ name, shape }, i) => (fetches[name] = new this.ort.Tensor('float32', outputs[i], shape)));
+    entry.session.run(feeds, fetches);
+    this.runs[kernel] = (this.runs[kernel] ?? 0) + 1;
+  }
+
+  stats(): OnnxKernelStats {
+    return { sessions: this.sessions.size, runs: { ...this.runs } };
+  }
+
+  dispose(): void {
+    for (const { session } of this.sessions.values()) session.dispose();
+    this.sessions.clear();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph pieces
+
+const NHWC_TO_NCHW = [0, 3, 1, 2];
+const NCHW_TO_NHWC = [0, 2, 3, 1];
+/** tfjs filter [kH, kW, Ci, Co] → ONNX Conv weight [Co, Ci, kH, kW] (also ConvTranspose's [C, M, kH, kW]). */
+const HWIO_TO_OIHW = [3, 2, 0, 1];
+
+function transposeNode(input: string, output: string, perm: number[]): OnnxNode {
+  return { opType: 'Transpose', inputs: [input], outputs: [output], attributes: { perm: { ints: perm } } };
+}
+
+type Activation = 'linear' | 'relu' | 'relu6' | 'elu' | 'sigmoid' | 'leakyrelu' | 'prelu';
+const ACTIVATIONS: readonly string[] = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'];
+
+/**
+ * Nodes computing `output = activation(input)` as tfjs's fused kernels define it; PRelu takes
+ * its slope from the graph input `slope`, broadcast against the NHWC / [B, M, N] result.
+ */
+function activationNodes(activation: Activation, input: string, output: string, alpha: number, spec: GraphSpec): void {
+  switch (activation) {
+    case 'linear':
+      spec.nodes.push({ opType: 'Identity', inputs: [input], outputs: [output] });
+      return;
+    case 'relu':
+      spec.nodes.push({ opType: 'Relu', inputs: [input], outputs: [output] });
+      return;
+    case 'relu6':
+      spec.initializers = [...(spec.initializers ?? []), onnxTensor.float('zero', [0], []), onnxTensor.float('six', [6], [])];
+      spec.nodes.push({ opType: 'Clip', inputs: [input, 'zero', 'six'], outputs: [output] });
+      return;
+    case 'elu':
+      spec.nodes.push({ opType: 'Elu', inputs: [input], outputs: [output], attributes: { alpha: { float: 1 } } });
+      return;
+    case 'sigmoid':
+      spec.nodes.push({ opType: 'Sigmoid', inputs: [input], outputs: [output] });
+      return;
+    case 'leakyrelu':
+      spec.nodes.push({ opType: 'LeakyRelu', inputs: [input], outputs: [output], attributes: { alpha: { float: alpha } } });
+      return;
+    case 'prelu':
+      spec.nodes.push({ opType: 'PRelu', inputs: [input, 'slope'], outputs: [output] });
+      return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+interface KernelArgs {
+  inputs: tf.NamedTensorInfoMap;
+  backend: tf.KernelBackend;
+  attrs: tf.NamedAttrMap;
+}
+
+/** Runs the stock wasm kernel instead (dtype, layout or geometry the ORT graphs do not cover). */
+function wasmKernel(kernelName: string, args: KernelArgs): TensorInfo {
+  const kernel = tf.getKernel(kernelName, WASM);
+  if (kernel === undefined) throw new Error(`onnxruntime backend: the wasm kernel '${kernelName}' is not registered`);
+  return kernel.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as TensorInfo;
+}
+
+function allFloat32(...infos: (TensorInfo | undefined)[]): boolean {
+  return infos.every((i) => i === undefined || (i.dtype === 'float32' && i.shape.every((d) => d > 0)));
+}
+
+/** Allocates the output on the wasm heap, then takes all heap views (allocation may move the heap), then runs. */
+function runInto(
+  cache: SessionCache,
+  kernel: string,
+  backend: tf.KernelBackend,
+  entry: CachedSession,
+  inputs: TensorInfo[],
+): TensorInfo {
+  const wasm = backend as WasmBackend;
+  const out = wasm.makeOutput(entry.outputs[0].shape as number[], 'float32');
+  const views = inputs.map((i) => wasm.typedArrayFromHeap(i) as Float32Array);
+  cache.run(kernel, entry, views, [wasm.typedArrayFromHeap(out) as Float32Array]);
+  return out;
+}
+
+function shapeKey(...infos: (TensorInfo | undefined)[]): string {
+  return infos.map((i) => (i === undefined ? '-' : i.shape.join('x'))).join(',');
+}
+
+interface ConvGeometry {
+  info: tf.backend_util.Conv2DInfo;
+  pads: Pads4;
+}
+
+function convGeometry(
+  kernelName: string,
+  xShape: number[],
+  filterShape: number[],
+  attrs: tf.NamedAttrMap,
+): ConvGeometry | undefined {
+  const { strides, pad, dataFormat, dilations, dimRoundingMode } = attrs as unknown as tf.Conv2DAttrs;
+  if (dataFormat !== undefined && dataFormat !== 'NHWC') return undefined;
+  const info = tf.backend_util.computeConv2DInfo(
+    xShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    strides,
+    dilations ?? 1,
+    pad,
+    dimRoundingMode,
+  );
+  const { top, bottom, left, right } = info.padInfo;
+  // ONNX sizes outputs with floor(); a pad given with a ceil/round dimRoundingMode may differ.
+  const onnxOut = (size: number, before: number, after: number, k: number, s: number): number => Math.floor((size + before + after - k) / s) + 1;
+  if (
+    onnxOut(info.inHeight, top, bottom, info.effectiveFilterHeight, info.strideHeight) !== info.outHeight ||
+    onnxOut(info.inWidth, left, right, info.effectiveFilterWidth, info.strideWidth) !== info.outWidth ||
+    Math.min(top, bottom, left, right) < 0
+  ) {
+    return undefined;
+  }
+  void kernelName;
+  return { info, pads: [top, bottom, left, right] };
+}
+
+/**
+ * Conv2D and FusedConv2D: NHWC → NCHW transposes around ONNX Conv (bias as Conv's B input when it
+ * is per channel), the activation applied back in NHWC (where a PReLU slope broadcasts as in tfjs).
+ */
+function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', args: KernelArgs): TensorInfo {
+  const { x, filter, bias, preluActivationWeights } = args.inputs as unknown as Record<string, TensorInfo | undefined>;
+  const attrs = args.attrs as unknown as tf.FusedConv2DAttrs;
+  const activation = (attrs.activation ?? 'linear') as Activation;
+  const alpha = attrs.leakyreluAlpha ?? 0.2;
+  const geometry = convGeometry(kernelName, x!.shape, filter!.shape, args.attrs);
+  if (geometry === undefined || !allFloat32(x, filter, bias, preluActivationWeights) || !ACTIVATIONS.includes(activation)) {
+    return wasmKernel(kernelName, args);
+  }
+  const { info, pads } = geometry;
+  const outChannels = filter!.shape[3];
+  const channelBias = bias !== undefined && bias.shape.length === 1 && bias.shape[0] === outChannels;
+  const key = `${kernelName}|${shapeKey(x, filter, bias, preluActivationWeights)}|s${info.strideHeight},${info.strideWidth}|d${info.dilationHeight},${info.dilationWidth}|p${pads}|${activation}|${alpha}`;
+  const entry = cache.get(key, () => {
+    const spec: GraphSpec = {
+      nodes: [transposeNode('x', 'x_nchw', NHWC_TO_NCHW), transposeNode('w', 'w_oihw', HWIO_TO_OIHW)],
+      inputs: [
+        { name: 'x', shape: x!.shape },
+        { name: 'w', shape: filter!.shape },
+      ],
+      outputs: [{ name: 'y', shape: info.outShape }],
+    };
+    if (bias !== undefined) spec.inputs.push({ name: 'b', shape: bias.shape });
+    if (preluActivationWeights !== undefined) spec.inputs.push({ name: 'slope', shape: preluActivationWeights.shape });
+    spec.nodes.push({
+      opType: 'Conv',
+      inputs: channelBias ? ['x_nchw', 'w_oihw', 'b'] : ['x_nchw', 'w_oihw'],
+      outputs: ['y_nchw'],
+      attributes: {
+        strides: { ints: [info.strideHeight, info.strideWidth] },
+        dilations: { ints: [info.dilationHeight, info.dilationWidth] },
+        pads: { ints: [pads[0], pads[2], pads[1], pads[3]] }, // ONNX: [top, left, bottom, right]
+      },
+    });
+    spec.nodes.push(transposeNode('y_nchw', 'y_nhwc', NCHW_TO_NHWC));
+    let pre = 'y_nhwc';
+    if (bias !== undefined && !channelBias) {
+      spec.nodes.push({ opType: 'Add', inputs: ['y_nhwc', 'b'], outputs: ['y_biased'] });
+      pre = 'y_biased';
+    }
+    activationNodes(activation, pre, 'y', alpha, spec);
+    return spec;
+  });
+  const inputs = [x!, filter!];
+  if (bias !== undefined) inputs.push(bias);
+  if (preluActivationWeights !== undefined) inputs.push(preluActivationWeights);
+  return runInto(cache, kernelName, args.backend, entry, inputs);
+}
+
+/**
+ * dx of a convolution: ONNX ConvTranspose of dy with the forward weight in OIHW layout (which is
+ * ConvTranspose's [C_in = Co, C_out = Ci, kH, kW]). The forward pads become ConvTranspose pads;
+ * output_padding adds the trailing rows/columns a strided forward pass never read, so the result
+ * is exactly inputShape: H = s·(oH − 1) + out_pad + k − pad_top − pad_bottom.
+ */
+function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo {
+  const { dy, filter } = args.inputs as unknown as { dy: TensorInfo; filter: TensorInfo };
+  const attrs = args.attrs as unknown as tf.Conv2DBackpropInputAttrs;
+  const geometry = convGeometry('Conv2DBackpropInput', attrs.inputShape, filter.shape, args.attrs);
+  if (geometry === undefined || !allFloat32(dy, filter)) return wasmKernel('Conv2DBackpropInput', args);
+  const { info, pads } = geometry;
+  const axis = (size: number, outSize: number, k: number, s: number, before: number, after: number): [number, number] => {
+    const full = s * (outSize - 1) + k - before; // rows ConvTranspose yields with no trailing pad
+    return full >= size ? [full - size, 0] : [0, size - full]; // [pad after, output_padding]
+  };
+  const [padBottom, extraH] = axis(info.inHeight, info.outHeight, info.filterHeight, info.strideHeight, pads[0], pads[1]);
+  const [padRight, extraW] = axis(info.inWidth, info.outWidth, info.filterWidth, info.strideWidth, pads[2], pads[3]);
+  const key = `Conv2DBackpropInput|${shapeKey(dy, filter)}|in${attrs.inputShape}|s${info.strideHeight},${info.strideWidth}|p${pads}`;
+  const entry = cache.get(key, () => ({
+    nodes: [
+      transposeNode('dy', 'dy_nchw', NHWC_TO_NCHW),
+      transposeNode('w', 'w_oihw', HWIO_TO_OIHW),
+      {
+        opType: 'ConvTranspose',
+        inputs: ['dy_nchw', 'w_oihw'],
+        outputs: ['dx_nchw'],
+        attributes: {
+          strides: { ints: [info.strideHeight, info.strideWidth] },
+          pads: { ints: [pads[0], pads[2], padBottom, padRight] },
+          output_padding: { ints: [extraH, extraW] },
+        },
+      },
+      transposeNode('dx_nchw', 'dx', NCHW_TO_NHWC),
+    ],
+    inputs: [
+      { name: 'dy', shape: dy.shape },
+      { name: 'w', shape: filter.shape },
+    ],
+    outputs: [{ name: 'dx', shape: attrs.inputShape }],
+  }));
+  return runInto(cache, 'Conv2DBackpropInput', args.backend, entry, [dy, filter]);
+}
+
+/**
+ * dW[kh,kw,ci,co] = Σ_{b,oh,ow} x[b, oh·s + kh − pt, ow·s + kw − pl, ci] · dy[b,oh,ow,co]: with
+ * ci as the batch and b as the channel, a convolution of xᵀ [Ci, B, H, W] with the "filter"
+ * dyᵀ [Co, B, oH, oW] dilated by the forward stride; its [Ci, Co, kH, kW] output transposes into
+ * [kH, kW, Ci, Co]. Bottom/right pads make the output exactly kH × kW; where that pad would be
+ * negative (rows a strided 'valid' pass never read) the input is cropped instead.
+ */
+function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo {
+  const { x, dy } = args.inputs as unknown as { x: TensorInfo; dy: TensorInfo };
+  const attrs = args.attrs as unknown as tf.Conv2DBackpropFilterAttrs;
+  const geometry = convGeometry('Conv2DBackpropFilter', x.shape, attrs.filterShape, args.attrs);
+  if (geometry === undefined || !allFloat32(x, dy)) return wasmKernel('Conv2DBackpropFilter', args);
+  const { info, pads } = geometry;
+  const padBottom = info.filterHeight + (info.outHeight - 1) * info.strideHeight - info.inHeight - pads[0];
+  const padRight = info.filterWidth + (info.outWidth - 1) * info.strideWidth - info.inWidth - pads[2];
+  const key = `Conv2DBackpropFilter|${shapeKey(x, dy)}|f${attrs.filterShape}|s${info.strideHeight},${info.strideWidth}|p${pads}`;
+  const entry = cache.get(key, () => {
+    const spec: GraphSpec = {
+      nodes: [transposeNode('x', 'x_t', [3, 0, 1, 2]), transposeNode('dy', 'dy_t', [3, 0, 1, 2])], // [Ci,B,H,W], [Co,B,oH,oW]
+      inputs: [
+        { name: 'x', shape: x.shape },
+        { name: 'dy', shape: dy.shape },
+      ],
+      outputs: [{ name: 'dw', shape: attrs.filterShape }],
+      initializers: [],
+    };
+    let input = 'x_t';
+    if (padBottom < 0 || padRight < 0) {
+      spec.initializers!.push(
+        onnxTensor.int64('crop_starts', [0, 0]),
+        onnxTensor.int64('crop_ends', [info.inHeight + Math.min(0, padBottom), info.inWidth + Math.min(0, padRight)]),
+        onnxTensor.int64('crop_axes', [2, 3]),
+      );
+      spec.nodes.push({ opType: 'Slice', inputs: ['x_t', 'crop_starts', 'crop_ends', 'crop_axes'], outputs: ['x_crop'] });
+      input = 'x_crop';
+    }
+    spec.nodes.push({
+      opType: 'Conv',
+      inputs: [input, 'dy_t'],
+      outputs: ['dw_t'], // [Ci, Co, kH, kW]
+      attributes: {
+        dilations: { ints: [info.strideHeight, info.strideWidth] },
+        pads: { ints: [pads[0], pads[2], Math.max(0, padBottom), Math.max(0, padRight)] },
+      },
+    });
+    spec.nodes.push(transposeNode('dw_t', 'dw', [2, 3, 0, 1]));
+    return spec;
+  });
+  return runInto(cache, 'Conv2DBackpropFilter', args.backend, entry, [x, dy]);
+}
+
+/**
+ * BatchMatMul and _FusedMatMul: a [Ba, M, K] (or [Ba, K, M] transposed) times b; ONNX MatMul
+ * broadcasts the batch dimension as tfjs does; bias is added with broadcasting, then the activation.
+ */
+function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul', args: KernelArgs): TensorInfo {
+  const { a, b, bias, preluActivationWeights } = args.inputs as unknown as Record<string, TensorInfo | undefined>;
+  const attrs = args.attrs as unknown as { transposeA: boolean; transposeB: boolean; activation?: string; leakyreluAlpha?: number };
+  const activation = (attrs.activation ?? 'linear') as Activation;
+  const alpha = attrs.leakyreluAlpha ?? 0.2;
+  if (a!.shape.length !== 3 || b!.shape.length !== 3 || !allFloat32(a, b, bias, preluActivationWeights) || !ACTIVATIONS.includes(activation)) {
+    return wasmKernel(kernelName, args);
+  }
+  const [batchA, rowsA, colsA] = a!.shape;
+  const [batchB, rowsB, colsB] = b!.shape;
+  const m = attrs.transposeA ? colsA : rowsA;
+  const n = attrs.transposeB ? rowsB : colsB;
+  const outShape = [Math.max(batchA, batchB), m, n];
+  const key = `${kernelName}|${shapeKey(a, b, bias, preluActivationWeights)}|t${attrs.transposeA ? 1 : 0}${attrs.transposeB ? 1 : 0}|${activation}|${alpha}`;
+  const entry = cache.get(key, () => {
+    const spec: GraphSpec = {
+      nodes: [],
+      inputs: [
+        { name: 'a', shape: a!.shape },
+        { name: 'b', shape: b!.shape },
+      ],
+      outputs: [{ name: 'y', shape: outShape }],
+    };
+    if (bias !== undefined) spec.inputs.push({ name: 'bias', shape: bias.shape });
+    if (preluActivationWeights !== undefined) spec.inputs.push({ name: 'slope', shape: preluActivationWeights.shape });
+    let left = 'a';
+    let right = 'b';
+    if (attrs.transposeA) {
+      spec.nodes.push(transposeNode('a', 'a_t', [0, 2, 1]));
+      left = 'a_t';
+    }
+    if (attrs.transposeB) {
+      spec.nodes.push(transposeNode('b', 'b_t', [0, 2, 1]));
+      right = 'b_t';
+    }
+    spec.nodes.push({ opType: 'MatMul', inputs: [left, right], outputs: ['ab'] });
+    let pre = 'ab';
+    if (bias !== undefined) {
+      spec.nodes.push({ opType: 'Add', inputs: ['ab', 'bias'], outputs: ['ab_biased'] });
+      pre = 'ab_biased';
+    }
+    activationNodes(activation, pre, 'y', alpha, spec);
+    return spec;
+  });
+  const inputs = [a!, b!];
+  if (bias !== undefined) inputs.push(bias);
+  if (preluActivationWeights !== undefined) inputs.push(preluActivationWeights);
+  return runInto(cache, kernelName, args.backend, entry, inputs);
+}
+
+/** The kernels run by onnxruntime; every other kernel of the backend is wasm's own. */
+export const DELEGATED_KERNELS = [
+  'Conv2D',
+  'FusedConv2D',
+  'Conv2DBackpropInput',
+  'Conv2DBackpropFilter',
+  'BatchMatMul',
+  '_FusedMatMul',
+] as const;
+
+function delegatedKernel(cache: SessionCache, name: (typeof DELEGATED_KERNELS)[number]): tf.KernelFunc {
+  const run = (args: KernelArgs): TensorInfo => {
+    switch (name) {
+      case 'Conv2D':
+      case 'FusedConv2D':
+        return convForward(cache, name, args);
+      case 'Conv2DBackpropInput':
+        return conv2DBackpropInput(cache, args);
+      case 'Conv2DBackpropFilter':
+        return conv2DBackpropFilter(cache, args);
+      case 'BatchMatMul':
+      case '_FusedMatMul':
+        return matMul(cache, name, args);
+    }
+  };
+  return run as unknown as tf.KernelFunc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend registration
+
+/**
+ * The wasm backend instance seen under a second name. Everything is forwarded (one heap, one
+ * data map, so tensors pass between 'wasm' and 'onnxruntime' without copies) except dispose():
+ * the 'wasm' registration owns the instance, and tf.removeBackend('onnxruntime') or an engine
+ * reset must not free it twice.
+ */
+function aliasBackend(target: tf.KernelBackend): tf.KernelBackend {
+  const bound = new Map<PropertyKey, { original: unknown; bound: unknown }>();
+  return new Proxy(target, {
+    get(t, prop) {
+      if (prop === 'dispose') return () => {};
+      const value: unknown = Reflect.get(t, prop, t);
+      if (typeof value !== 'function') return value;
+      let cached = bound.get(prop);
+      if (cached?.original !== value) {
+        cached = { original: value, bound: (value as (...a: unknown[]) => unknown).bind(t) };
+        bound.set(prop, cached);
+      }
+      return cached.bound;
+    },
+    set(t, prop, value) {
+      return Reflect.set(t, prop, value, t);
+    },
+  });
+}
+
+export interface OnnxRuntimeBackend {
+  /** The registered tfjs backend name ('onnxruntime'). */
+  name: string;
+  ortVersion: string;
+  threads: number;
+  stats(): OnnxKernelStats;
+}
+
+// The tfjs kernel registry is process-global, so the registration (and the session cache its
+// kernels close over) is too: a second call returns the first registration.
+let registered: OnnxRuntimeBackend | undefined;
+
+/**
+ * Registers the tfjs backend 'onnxruntime': the already initialised wasm backend's instance under
+ * a second name, with all of wasm's kernels (including the project's training kernels, so call
+ * registerWasmTrainingKernels() first) and the DELEGATED_KERNELS replaced by onnxruntime ones.
+ * `--backend wasm` keeps wasm's own kernels: registrations are per backend name.
+ * Throws OnnxRuntimeUnavailableError when onnxruntime-node cannot be used.
+ */
+export function registerOnnxruntimeBackend(options: OnnxKernelOptions = {}): OnnxRuntimeBackend {
+  if (registered !== undefined) return registered;
+  const ort = loadOrtSync();
+  const wasmInstance = tf.findBackend(WASM);
+  if (wasmInstance === null || wasmInstance === undefined) {
+    throw new Error("registerOnnxruntimeBackend: initialise the 'wasm' backend first (await tf.setBackend('wasm'))");
+  }
+  const cache = new SessionCache(ort, options);
+  const alias = aliasBackend(wasmInstance);
+  // Priority 0: never picked by tfjs on its own; only by name.
+  tf.registerBackend(ONNX_BACKEND_NAME, () => alias, 0);
+  const delegated = new Set<string>(DELEGATED_KERNELS);
+  for (const config of tf.getKernelsForBackend(WASM)) {
+    if (delegated.has(config.kernelName)) continue;
+    if (tf.getKernel(config.kernelName, ONNX_BACKEND_NAME) !== undefined) continue;
+    tf.registerKernel({ ...config, backendName: ONNX_BACKEND_NAME });
+  }
+  for (const name of DELEGATED_KERNELS) {
+    if (tf.getKernel(name, ONNX_BACKEND_NAME) !== undefined) tf.unregisterKernel(name, ONNX_BACKEND_NAME);
+    tf.registerKernel({ kernelName: name, backendName: ONNX_BACKEND_NAME, kernelFunc: delegatedKernel(cache, name) });
+  }
+  registered = {
+    name: ONNX_BACKEND_NAME,
+    ortVersion: ort.version,
+    threads: options.threads ?? availableParallelism(),
+    stats: () => cache.stats(),
+  };
+  return registered;
+}
