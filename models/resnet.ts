@@ -132,7 +132,12 @@ function batchNormInference(
  * ~40 % of a ResNet-20 training step.
  */
 export class BatchNorm extends tf.layers.Layer {
-  static className = 'BatchNorm';
+  /**
+   * Serialised under the stock layer's name with a config the stock layer accepts, so a saved
+   * encoder loads with plain @tensorflow/tfjs (in a browser, say) as ordinary batch norm; in this
+   * process the registration below maps the name to this faster, numerically equal class.
+   */
+  static className = 'BatchNormalization';
   readonly momentum: number;
   readonly epsilon: number;
   private gamma!: LayerVariable;
@@ -191,10 +196,11 @@ export class BatchNorm extends tf.layers.Layer {
   }
 
   override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), momentum: this.momentum, epsilon: this.epsilon };
+    // The stock BatchNormalization's fields, so that plain tfjs rebuilds an equivalent layer.
+    return { ...super.getConfig(), axis: -1, momentum: this.momentum, epsilon: this.epsilon, center: true, scale: true };
   }
 }
-// Lets tf.loadLayersModel rebuild checkpoints of these encoders (import this module first).
+// Makes tf.loadLayersModel rebuild batch-norm layers with this class (when this module is loaded).
 tf.serialization.registerClass(BatchNorm);
 
 type BlockKind = 'basic' | 'bottleneck';

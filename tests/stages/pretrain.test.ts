@@ -1,4 +1,7 @@
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -82,13 +85,34 @@ describe('pretrain stage', () => {
     for (const r of epochRows) expect(Object.keys(r)).toEqual(expect.arrayContaining(['loss', 'contrastive_accuracy', 'lr', 'images_per_second', 'knn_accuracy']));
     expect(lines.join('\n')).toMatch(/kNN accuracy with random weights/);
 
-    // The encoder loads with stock tfjs from its model.json + weights.bin and embeds images.
+    // The encoder loads back here, and in a separate process that has nothing of ours loaded
+    // (plain @tensorflow/tfjs, stock layers, cpu backend), with the same outputs.
     const encoder = await tf.loadLayersModel(layersModelFiles(join(outDir, 'checkpoint', 'encoder')));
-    const y = encoder.predict(tf.zeros([2, SIZE, SIZE, 3])) as tf.Tensor;
+    const input = tf.tidy(() => tf.div(tf.range(0, 2 * SIZE * SIZE * 3), 2 * SIZE * SIZE * 3).reshape([2, SIZE, SIZE, 3]));
+    const y = encoder.predict(input) as tf.Tensor;
     expect(y.shape).toEqual([2, 64]);
-    expect(Array.from(y.dataSync()).every(Number.isFinite)).toBe(true);
-    tf.dispose([y]);
+    const ours = Array.from(y.dataSync());
+    expect(ours.every(Number.isFinite)).toBe(true);
+    tf.dispose([y, input]);
     encoder.dispose();
+    const script = join(outDir, 'plain-load.mjs');
+    await writeFile(
+      script,
+      `import * as tf from ${JSON.stringify(pathToFileURL(createRequire(import.meta.url).resolve('@tensorflow/tfjs')).href)};
+import { readFileSync } from 'node:fs';
+const dir = ${JSON.stringify(join(outDir, 'checkpoint', 'encoder'))};
+const json = JSON.parse(readFileSync(dir + '/model.json', 'utf8'));
+const weights = readFileSync(dir + '/weights.bin');
+const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
+const n = 2 * ${SIZE} * ${SIZE} * 3;
+const x = tf.div(tf.range(0, n), n).reshape([2, ${SIZE}, ${SIZE}, 3]);
+console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), y: Array.from(model.predict(x).dataSync()) }));
+`,
+    );
+    const plain = JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    expect(plain.layers).toContain('BatchNormalization');
+    expect(plain.y).toHaveLength(ours.length);
+    for (let i = 0; i < ours.length; i++) expect(plain.y[i]).toBeCloseTo(ours[i], 3);
   });
 
   it('refuses a batch larger than the data and a resume without checkpoint, naming the option', async () => {
