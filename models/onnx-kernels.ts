@@ -431,11 +431,12 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
 }
 
 /**
- * dW[kh,kw,ci,co] = Σ_{b,oh,ow} x[b, oh·s + kh − pt, ow·s + kw − pl, ci] · dy[b,oh,ow,co]: with
- * ci as the batch and b as the channel, a convolution of xᵀ [Ci, B, H, W] with the "filter"
- * dyᵀ [Co, B, oH, oW] dilated by the forward stride; its [Ci, Co, kH, kW] output transposes into
- * [kH, kW, Ci, Co]. Bottom/right pads make the output exactly kH × kW; where that pad would be
- * negative (rows a strided 'valid' pass never read) the input is cropped instead.
+ * dW[kh,kw,ci,co] = Σ_{b,oh,ow} x[b, oh·s + kh − pt, ow·s + kw − pl, ci] · dy[b,oh,ow,co]: per tap
+ * (kh, kw) one GEMM dyᵀ [Co, K] × x_tap [K, Ci] with K = B·oH·oW, where x_tap is the strided
+ * slice of the padded x that tap reads, all in NHWC (no activation transposes). Measured against
+ * the batch/channel-swapped convolution (xᵀ convolved with a stride-dilated dyᵀ, as the wasm
+ * kernel does): 1.5–2.5× less CPU time on ResNet-20's layers, whose N = kH·kW = 9 GEMM columns
+ * suit MLAS badly.
  */
 function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo {
   const { x, dy } = args.inputs as unknown as { x: TensorInfo; dy: TensorInfo };
@@ -443,39 +444,62 @@ function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo
   const geometry = convGeometry('Conv2DBackpropFilter', x.shape, attrs.filterShape, args.attrs);
   if (geometry === undefined || !allFloat32(x, dy)) return wasmKernel('Conv2DBackpropFilter', args);
   const { info, pads } = geometry;
-  const padBottom = info.filterHeight + (info.outHeight - 1) * info.strideHeight - info.inHeight - pads[0];
-  const padRight = info.filterWidth + (info.outWidth - 1) * info.strideWidth - info.inWidth - pads[2];
-  const key = `Conv2DBackpropFilter|${shapeKey(x, dy)}|f${attrs.filterShape}|s${info.strideHeight},${info.strideWidth}|p${pads}`;
+  const [batch, , , inChannels] = x.shape;
+  const [kH, kW, , outChannels] = attrs.filterShape;
+  const { strideHeight: sH, strideWidth: sW, outHeight: oH, outWidth: oW } = info;
+  const rows = batch * oH * oW; // K
+  // Padded extent the last tap reads: (k − 1) + (o − 1)·s + 1 rows; rows past it are never read.
+  const padBottom = Math.max(0, kH + (oH - 1) * sH - info.inHeight - pads[0]);
+  const padRight = Math.max(0, kW + (oW - 1) * sW - info.inWidth - pads[2]);
+  const key = `Conv2DBackpropFilter|${shapeKey(x, dy)}|f${attrs.filterShape}|s${sH},${sW}|p${pads}`;
   const entry = cache.get(key, () => {
     const spec: GraphSpec = {
-      nodes: [transposeNode('x', 'x_t', [3, 0, 1, 2]), transposeNode('dy', 'dy_t', [3, 0, 1, 2])], // [Ci,B,H,W], [Co,B,oH,oW]
+      nodes: [
+        { opType: 'Reshape', inputs: ['dy', 'dy_shape'], outputs: ['dy_2d'] }, // [K, Co]
+        transposeNode('dy_2d', 'dy_t', [1, 0]), // [Co, K]
+      ],
       inputs: [
         { name: 'x', shape: x.shape },
         { name: 'dy', shape: dy.shape },
       ],
       outputs: [{ name: 'dw', shape: attrs.filterShape }],
-      initializers: [],
+      initializers: [
+        onnxTensor.int64('dy_shape', [rows, outChannels]),
+        onnxTensor.int64('tap_shape', [rows, inChannels]),
+        onnxTensor.int64('slice_axes', [1, 2]),
+        onnxTensor.int64('slice_steps', [sH, sW]),
+        onnxTensor.int64('axis0', [0]),
+        onnxTensor.int64('dw_shape', attrs.filterShape),
+      ],
     };
-    let input = 'x_t';
-    if (padBottom < 0 || padRight < 0) {
-      spec.initializers!.push(
-        onnxTensor.int64('crop_starts', [0, 0]),
-        onnxTensor.int64('crop_ends', [info.inHeight + Math.min(0, padBottom), info.inWidth + Math.min(0, padRight)]),
-        onnxTensor.int64('crop_axes', [2, 3]),
-      );
-      spec.nodes.push({ opType: 'Slice', inputs: ['x_t', 'crop_starts', 'crop_ends', 'crop_axes'], outputs: ['x_crop'] });
-      input = 'x_crop';
+    let padded = 'x';
+    if (pads[0] > 0 || pads[2] > 0 || padBottom > 0 || padRight > 0) {
+      spec.initializers!.push(onnxTensor.int64('x_pads', [0, pads[0], pads[2], 0, 0, padBottom, padRight, 0]));
+      spec.nodes.push({ opType: 'Pad', inputs: ['x', 'x_pads'], outputs: ['x_padded'] });
+      padded = 'x_padded';
     }
-    spec.nodes.push({
-      opType: 'Conv',
-      inputs: [input, 'dy_t'],
-      outputs: ['dw_t'], // [Ci, Co, kH, kW]
-      attributes: {
-        dilations: { ints: [info.strideHeight, info.strideWidth] },
-        pads: { ints: [pads[0], pads[2], Math.max(0, padBottom), Math.max(0, padRight)] },
-      },
-    });
-    spec.nodes.push(transposeNode('dw_t', 'dw', [2, 3, 0, 1]));
+    const taps: string[] = [];
+    for (let kh = 0; kh < kH; kh++) {
+      for (let kw = 0; kw < kW; kw++) {
+        const t = `tap${kh}_${kw}`;
+        spec.initializers!.push(
+          onnxTensor.int64(`${t}_starts`, [kh, kw]),
+          onnxTensor.int64(`${t}_ends`, [kh + (oH - 1) * sH + 1, kw + (oW - 1) * sW + 1]),
+        );
+        spec.nodes.push(
+          { opType: 'Slice', inputs: [padded, `${t}_starts`, `${t}_ends`, 'slice_axes', 'slice_steps'], outputs: [`${t}_x`] }, // [B, oH, oW, Ci]
+          { opType: 'Reshape', inputs: [`${t}_x`, 'tap_shape'], outputs: [`${t}_2d`] }, // [K, Ci]
+          { opType: 'MatMul', inputs: ['dy_t', `${t}_2d`], outputs: [`${t}_dw`] }, // [Co, Ci]
+          { opType: 'Unsqueeze', inputs: [`${t}_dw`, 'axis0'], outputs: [`${t}_dw1`] }, // [1, Co, Ci]
+        );
+        taps.push(`${t}_dw1`);
+      }
+    }
+    spec.nodes.push(
+      { opType: 'Concat', inputs: taps, outputs: ['dw_taps'], attributes: { axis: { int: 0 } } }, // [kH·kW, Co, Ci]
+      transposeNode('dw_taps', 'dw_taps_t', [0, 2, 1]), // [kH·kW, Ci, Co]
+      { opType: 'Reshape', inputs: ['dw_taps_t', 'dw_shape'], outputs: ['dw'] }, // [kH, kW, Ci, Co]
+    );
     return spec;
   });
   return runInto(cache, 'Conv2DBackpropFilter', args.backend, entry, [x, dy]);
