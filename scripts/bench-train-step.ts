@@ -1,13 +1,14 @@
 // Benchmark: milliseconds per training step (forward + backward + SGD-momentum update) of the
 // CIFAR ResNet-20 per backend and batch size, with the kernels that take the most of a step.
-// usage: npm run bench:train-step [-- --json] [-- --backend wasm,cpu] [-- --batch 64,256]
+// usage: npm run bench:train-step [-- --json] [-- --backend wasm,onnxruntime,cpu] [-- --batch 64,256]
+//        [-- --model resnet20,resnet18]   (ResNet-18 at 32 px gets the CIFAR stem; e.g. --model resnet18 --batch 128)
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { loadavg } from 'node:os';
 import { useBackend, type BackendName } from '../models/backend.ts';
 import { buildEncoder } from '../models/resnet.ts';
 
-const MODEL = 'resnet20';
+const DEFAULT_MODELS = 'resnet20';
 const INPUT_SIZE = 32; // CIFAR images
 const TOP_KERNELS = 8;
 // As /work/shared/reference/step_ref.py: SGD lr 0.01, momentum 0.9, loss mean(features²).
@@ -45,9 +46,9 @@ function parseList(flag: string, value: string): string[] {
   return items;
 }
 
-async function measure(backend: string, batch: number, warmup: number, steps: number): Promise<Result> {
+async function measure(modelName: string, backend: string, batch: number, warmup: number, steps: number): Promise<Result> {
   await useBackend(backend as BackendName);
-  const { model } = buildEncoder({ name: MODEL, inputSize: INPUT_SIZE });
+  const { model } = buildEncoder({ name: modelName, inputSize: INPUT_SIZE });
   const optimizer = tf.train.momentum(LEARNING_RATE, MOMENTUM);
   const x = tf.randomNormal([batch, INPUT_SIZE, INPUT_SIZE, 3], 0, 1, 'float32', 0);
   const step = (): number => {
@@ -119,7 +120,7 @@ async function measure(backend: string, batch: number, warmup: number, steps: nu
   model.dispose();
   return {
     bench: 'train-step',
-    model: MODEL,
+    model: modelName,
     batch,
     backend,
     ms_per_step: Number(median(times).toFixed(1)),
@@ -147,11 +148,13 @@ async function main(): Promise<void> {
       json: { type: 'boolean', default: false },
       backend: { type: 'string', default: 'wasm' },
       batch: { type: 'string', default: '64,256' },
+      model: { type: 'string', default: DEFAULT_MODELS },
       warmup: { type: 'string', default: '2' },
       steps: { type: 'string', default: '5' },
     },
   });
   const backends = parseList('backend', values.backend);
+  const models = parseList('model', values.model);
   const batches = parseList('batch', values.batch).map((b) => {
     const n = Number(b);
     if (!Number.isInteger(n) || n < 1) throw new Error(`--batch entries must be positive integers, got '${b}'`);
@@ -166,11 +169,13 @@ async function main(): Promise<void> {
     // Timings on a shared machine are only comparable together with its load.
     console.log(`load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; warm-up ${warmup}, median of ${steps} steps`);
   }
-  for (const backend of backends) {
-    for (const batch of batches) {
-      const result = await measure(backend, batch, warmup, steps);
-      if (values.json) console.log(JSON.stringify(result));
-      else printTable(result);
+  for (const modelName of models) {
+    for (const backend of backends) {
+      for (const batch of batches) {
+        const result = await measure(modelName, backend, batch, warmup, steps);
+        if (values.json) console.log(JSON.stringify(result));
+        else printTable(result);
+      }
     }
   }
 }
