@@ -1,6 +1,7 @@
 // SimCLRv2 projection head (a deep MLP on the encoder features) and its truncation, since SimCLRv2
 // fine-tunes from the output of the head's first layer rather than from the encoder.
 import * as tf from '@tensorflow/tfjs';
+import { BatchNorm } from './batch-norm.ts';
 
 export interface ProjectionHeadOptions {
   /** Width of the encoder features the head reads. */
@@ -62,9 +63,9 @@ export function buildProjectionHead(options: ProjectionHeadOptions): tf.LayersMo
         name: `head_dense_${j}`,
       })
       .apply(x) as tf.SymbolicTensor; // [B, hiddenDim] or [B, outputDim] for the last
-    x = tf.layers
-      .batchNormalization({ momentum: BN_MOMENTUM, epsilon: BN_EPSILON, center: true, scale: true, name: `head_bn_${j}` })
-      .apply(x) as tf.SymbolicTensor;
+    // The project's BatchNorm (numerically tfjs's, saved under its name): the class a loaded
+    // checkpoint gets, so a resumed run computes exactly what the uninterrupted one did.
+    x = new BatchNorm({ momentum: BN_MOMENTUM, epsilon: BN_EPSILON, name: `head_bn_${j}` }).apply(x) as tf.SymbolicTensor;
     if (!last) x = tf.layers.reLU({ name: `head_relu_${j}` }).apply(x) as tf.SymbolicTensor;
   }
   return tf.model({ inputs: input, outputs: x, name: 'projection_head' });

@@ -14,6 +14,8 @@ export interface SimclrModelOptions {
   headLayers?: number;
   /** Projection output size; 128 in both papers. */
   projectionDim?: number;
+  /** Seed of the initial weights; random when omitted. */
+  seed?: number;
 }
 
 export interface SimclrModel {
@@ -22,9 +24,10 @@ export interface SimclrModel {
   featureDim: number;
 }
 
-export function buildSimclrModel({ encoder, width = 1, inputSize, headLayers = 3, projectionDim = 128 }: SimclrModelOptions): SimclrModel {
-  const enc = buildEncoder({ name: encoder, width, inputSize });
-  const head = buildProjectionHead({ inputDim: enc.featureDim, layers: headLayers, outputDim: projectionDim });
+export function buildSimclrModel({ encoder, width = 1, inputSize, headLayers = 3, projectionDim = 128, seed }: SimclrModelOptions): SimclrModel {
+  const enc = buildEncoder({ name: encoder, width, inputSize, seed });
+  // The head's layers draw from seed + j; an offset keeps them apart from the encoder's streams.
+  const head = buildProjectionHead({ inputDim: enc.featureDim, layers: headLayers, outputDim: projectionDim, seed: seed === undefined ? undefined : seed + 7919 });
   return { encoder: enc.model, head, featureDim: enc.featureDim };
 }
 

@@ -93,10 +93,10 @@ async function runIngest(config: ResolvedConfig, outDir: string, env: StageEnv) 
 const augmentOptions: OptionSpecs = {
   data: { type: 'string', describe: 'images dataset directory (default: RUN_DIR/ingest)' },
   epochs: { type: 'int', default: 1, min: 1, describe: 'epochs of view pairs to materialise' },
-  preset: { type: 'string', default: 'simclr', choices: ['simclr', 'finetune', 'eval'], describe: 'augmentation preset' },
+  preset: { type: 'string', default: 'simclr', choices: ['simclr', 'finetune'], describe: 'augmentation preset (two views per image)' },
   outputSize: { type: 'int', min: 1, describe: 'side of the views (default: the image side)' },
   colorStrength: { type: 'number', min: 0, exclusiveMin: true, describe: 'colour jitter strength s (default 0.5 for <= 32 px, else 1)' },
-  batchSize: { type: 'int', default: 256, min: 1, describe: 'images per worker task and record batch' },
+  batchSize: { type: 'int', min: 1, describe: 'images per worker task and record batch (default 256, fewer for large views)' },
 };
 
 const pretrainOptions: OptionSpecs = {
@@ -159,10 +159,10 @@ export const STAGES: Record<string, StageDefinition> = {
           data: (c.data as string | undefined) ?? join(ctx.runDir, 'ingest'),
           outDir: ctx.stageDir,
           epochs: c.epochs as number,
-          preset: c.preset as 'simclr' | 'finetune' | 'eval',
+          preset: c.preset as 'simclr' | 'finetune',
           outputSize: c.outputSize as number | undefined,
           colorStrength: c.colorStrength as number | undefined,
-          batchSize: c.batchSize as number,
+          batchSize: c.batchSize as number | undefined,
           seed: c.seed as number,
           workers: c.workers as number | undefined,
           signal: env.signal,

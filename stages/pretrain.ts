@@ -263,7 +263,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
   const metricsFile = join(options.outDir, 'metrics.jsonl');
   const key = resumeKey(r, size, n);
 
-  let model: SimclrModel = buildSimclrModel({ encoder: r.model, width: r.width, inputSize: size, headLayers: r.headLayers, projectionDim: r.projectionDim });
+  let model: SimclrModel = buildSimclrModel({ encoder: r.model, width: r.width, inputSize: size, headLayers: r.headLayers, projectionDim: r.projectionDim, seed: r.seed });
   const optimizer: WeightDecayOptimizer = makeOptimizer({ name: r.optimizer, learningRate: baseLr, momentum: r.momentum, weightDecay: r.weightDecay } as never);
   let state: TrainState = { epoch: 0, stepInEpoch: 0, globalStep: 0 };
 
