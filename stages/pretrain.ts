@@ -298,8 +298,9 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
     });
 
   // kNN monitor: bank = labeled training rows (at most knnBank), queries = held-out rows.
-  const bankRows: number[] = [];
-  for (let i = 0; i < n && bankRows.length < r.knnBank; i++) if (train.labels[i] >= 0) bankRows.push(i);
+  const labeledRows: number[] = [];
+  for (let i = 0; i < n; i++) if (train.labels[i] >= 0) labeledRows.push(i);
+  const bankRows = limitRows(labeledRows, r.knnBank, r.seed); // random, so every class is in it
   const knnEnabled = r.knnEvery > 0 && heldOut.length > 0 && bankRows.length > 0;
   if (r.knnEvery > 0 && !knnEnabled) log('pretrain: kNN monitor off: it needs --knn-holdout N on a labeled dataset');
   const bank = knnEnabled ? gatherImages(train, bankRows) : null;
