@@ -304,7 +304,6 @@ interface ConvGeometry {
 }
 
 function convGeometry(
-  kernelName: string,
   xShape: number[],
   filterShape: number[],
   attrs: tf.NamedAttrMap,
@@ -329,7 +328,6 @@ function convGeometry(
   ) {
     return undefined;
   }
-  void kernelName;
   return { info, pads: [top, bottom, left, right] };
 }
 
@@ -342,7 +340,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
   const attrs = args.attrs as unknown as tf.FusedConv2DAttrs;
   const activation = (attrs.activation ?? 'linear') as Activation;
   const alpha = attrs.leakyreluAlpha ?? 0.2;
-  const geometry = convGeometry(kernelName, x!.shape, filter!.shape, args.attrs);
+  const geometry = convGeometry(x!.shape, filter!.shape, args.attrs);
   if (geometry === undefined || !allFloat32(x, filter, bias, preluActivationWeights) || !ACTIVATIONS.includes(activation)) {
     return wasmKernel(kernelName, args);
   }
@@ -395,7 +393,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
 function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo {
   const { dy, filter } = args.inputs as unknown as { dy: TensorInfo; filter: TensorInfo };
   const attrs = args.attrs as unknown as tf.Conv2DBackpropInputAttrs;
-  const geometry = convGeometry('Conv2DBackpropInput', attrs.inputShape, filter.shape, args.attrs);
+  const geometry = convGeometry(attrs.inputShape, filter.shape, args.attrs);
   if (geometry === undefined || !allFloat32(dy, filter)) return wasmKernel('Conv2DBackpropInput', args);
   const { info, pads } = geometry;
   const axis = (size: number, outSize: number, k: number, s: number, before: number, after: number): [number, number] => {
@@ -473,7 +471,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
 function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo {
   const { x, dy } = args.inputs as unknown as { x: TensorInfo; dy: TensorInfo };
   const attrs = args.attrs as unknown as tf.Conv2DBackpropFilterAttrs;
-  const geometry = convGeometry('Conv2DBackpropFilter', x.shape, attrs.filterShape, args.attrs);
+  const geometry = convGeometry(x.shape, attrs.filterShape, args.attrs);
   if (geometry === undefined || !allFloat32(x, dy)) return wasmKernel('Conv2DBackpropFilter', args);
   const { info, pads } = geometry;
   const [batch, , , inChannels] = x.shape;
@@ -665,7 +663,8 @@ let registered: OnnxRuntimeBackend | undefined;
  * a second name, with all of wasm's kernels (including the project's training kernels, so call
  * registerWasmTrainingKernels() first) and the DELEGATED_KERNELS replaced by onnxruntime ones.
  * `--backend wasm` keeps wasm's own kernels: registrations are per backend name.
- * Throws OnnxRuntimeUnavailableError when onnxruntime-node cannot be used.
+ * Throws OnnxRuntimeUnavailableError when onnxruntime-node cannot be used. A second call returns
+ * the first registration (its options stand: kernels and sessions are per process).
  */
 export function registerOnnxruntimeBackend(options: OnnxKernelOptions = {}): OnnxRuntimeBackend {
   if (registered !== undefined) return registered;
