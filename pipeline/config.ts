@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
+import { BACKEND_NAMES } from '../models/backend.ts';
 
 export type OptionType = 'int' | 'number' | 'string' | 'boolean';
 
@@ -33,7 +34,7 @@ export const COMMON_OPTIONS: OptionSpecs = {
   backend: {
     type: 'string',
     default: 'auto',
-    choices: ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'],
+    choices: BACKEND_NAMES,
     describe: 'compute backend; auto takes the first that loads',
   },
 };
