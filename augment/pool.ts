@@ -82,6 +82,10 @@ export class AugmentPool {
       // nothing measurable at whole-batch task sizes.
       atomics: 'disabled',
     });
+    // Piscina reports pool-level faults as 'error' events; unheard, Node would crash the process
+    // with them (seen after the main thread's wasm aborted). Failed tasks still reject their own
+    // promises, which is where the loader reports them.
+    this.piscina.on('error', () => {});
   }
 
   /** Runs one task; its pixel buffer is transferred (detached here) rather than copied. */

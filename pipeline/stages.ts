@@ -102,7 +102,9 @@ const augmentOptions: OptionSpecs = {
 const pretrainOptions: OptionSpecs = {
   data: { type: 'string', describe: 'images dataset directory (default: RUN_DIR/ingest)' },
   epochs: { type: 'int', default: 100, min: 1, describe: 'passes over the training images' },
-  batchSize: { type: 'int', default: 256, min: 2, describe: 'images per step (each gives two views: 2N through the encoder)' },
+  // 128, not SimCLR's 256+: the 2 × 256 views of a ResNet-20 step need more than the 4 GB heap
+  // of the wasm backends.
+  batchSize: { type: 'int', default: 128, min: 2, describe: 'images per step (each gives two views: 2N through the encoder)' },
   model: { type: 'string', default: 'resnet20', choices: Object.keys(ENCODERS), describe: 'encoder' },
   width: { type: 'number', default: 1, min: 0, exclusiveMin: true, describe: 'encoder width multiplier' },
   temperature: { type: 'number', min: 0, exclusiveMin: true, describe: 'NT-Xent temperature (default 0.5 for <= 64 px images, 0.1 above)' },

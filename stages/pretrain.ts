@@ -85,6 +85,11 @@ export class PretrainInterruptedError extends Error {
   override name = 'PretrainInterruptedError';
 }
 
+/** A training step did not fit in the backend's memory. */
+export class PretrainOutOfMemoryError extends Error {
+  override name = 'PretrainOutOfMemoryError';
+}
+
 /** The loss became NaN or infinite. */
 export class NonFiniteLossError extends Error {
   override name = 'NonFiniteLossError';
@@ -101,7 +106,9 @@ interface Resolved extends Required<Omit<PretrainOptions, 'temperature' | 'lr' |
 function resolve(options: PretrainOptions): Resolved {
   const r: Resolved = {
     epochs: 100,
-    batchSize: 256,
+    // SimCLR uses 256 and more; on the wasm backends (4 GB heap) 2 × 256 views of a ResNet-20 step
+    // do not fit, 2 × 128 do.
+    batchSize: 128,
     model: 'resnet20',
     width: 1,
     lrScaling: 'linear',
@@ -382,6 +389,16 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         let result;
         try {
           result = simclrStep(model, optimizer, v1, v2, temperature);
+        } catch (err) {
+          // Emscripten aborts when the wasm heap (4 GB at most) cannot grow: the step's activations
+          // for 2 × batch views did not fit. The wasm instance is unusable afterwards.
+          if (err instanceof Error && err.name === 'RuntimeError' && /^Aborted/.test(err.message)) {
+            throw new PretrainOutOfMemoryError(
+              `pretrain: the ${backend.name} backend ran out of memory (its heap is at most 4 GB) in a step of 2 × ${count} views of ${size} px through ${r.model}; ` +
+                `use a smaller --batch-size (about half)${(await findCheckpoint(checkpointDir)) ? ` and --resume from ${checkpointDir}` : ''}`,
+            );
+          }
+          throw err;
         } finally {
           v1.dispose();
           v2.dispose();
