@@ -97,7 +97,11 @@ async function decodeStacked(inputs: Buffer[], size: number, maxInputPixels: num
 /** Reason text for a refused file: the first line of the error. */
 function reasonOf(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  return message.split('\n')[0];
+  const first = message.split('\n')[0];
+  // libvips sometimes reports a failOn warning without the warning's text (it lands in another
+  // thread's error buffer): say what such a warning means for an image file.
+  if (/^Warning treated as error/.test(first)) return `corrupt or truncated image data (${first})`;
+  return first;
 }
 
 /**
