@@ -2,7 +2,7 @@
 // augmentation in its worker pool, both views through encoder + head, NT-Xent, LARS), and peak RSS.
 // Two views count as two images. Each configuration runs in a child process so RSS is its own.
 // usage: npm run bench:pretrain [-- --json] [-- --backend wasm,onnxruntime] [-- --steps 6]
-//        [-- --config resnet20:256,resnet18:128]
+//        [-- --config resnet20:256,resnet20:128,resnet18:128]
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -21,6 +21,7 @@ interface Row {
   peak_rss_mb: number;
   steps: number;
   load_average: number;
+  error?: string;
 }
 
 function median(values: number[]): number {
@@ -54,7 +55,7 @@ async function main(): Promise<void> {
     options: {
       json: { type: 'boolean', default: false },
       backend: { type: 'string', default: 'wasm' },
-      config: { type: 'string', default: 'resnet20:256,resnet18:128' },
+      config: { type: 'string', default: 'resnet20:256,resnet20:128,resnet18:128' },
       steps: { type: 'string', default: '6' },
       child: { type: 'string' },
     },
@@ -79,12 +80,20 @@ async function main(): Promise<void> {
     for (const backend of values.backend!.split(',')) {
       for (const { model, batch } of configs) {
         const load = loadavg()[0];
-        const out = execFileSync(process.execPath, [fileURLToPath(new URL('../bin/run-ts.mjs', import.meta.url)), fileURLToPath(import.meta.url), '--child', `${data}|${model}|${batch}|${backend}`, '--steps', String(steps)], {
-          encoding: 'utf8',
-          stdio: ['ignore', 'pipe', 'inherit'],
-        });
-        const r = JSON.parse(out.trim().split('\n').pop()!);
-        const row: Row = { bench: 'pretrain', model, batch, backend, images_per_second: Math.round(r.images_per_second * 10) / 10, peak_rss_mb: Math.round(r.peak_rss_mb), steps: r.steps, load_average: Math.round(load * 100) / 100 };
+        let r: { images_per_second: number; peak_rss_mb: number; steps: number; error?: string };
+        try {
+          const out = execFileSync(process.execPath, [fileURLToPath(new URL('../bin/run-ts.mjs', import.meta.url)), fileURLToPath(import.meta.url), '--child', `${data}|${model}|${batch}|${backend}`, '--steps', String(steps)], {
+            encoding: 'utf8',
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          r = JSON.parse(out.trim().split('\n').pop()!);
+        } catch (err) {
+          // A configuration that does not run (e.g. out of the wasm heap) is a row, not the end of the bench.
+          const stderr = String((err as { stderr?: string }).stderr ?? err);
+          const line = stderr.split('\n').find((l) => /pretrain: |Error:/.test(l)) ?? stderr.split('\n')[0];
+          r = { images_per_second: NaN, peak_rss_mb: NaN, steps: 0, error: line.slice(0, 300) };
+        }
+        const row: Row = { bench: 'pretrain', model, batch, backend, images_per_second: Math.round(r.images_per_second * 10) / 10, peak_rss_mb: Math.round(r.peak_rss_mb), steps: r.steps, load_average: Math.round(load * 100) / 100, ...(r.error ? { error: r.error } : {}) };
         rows.push(row);
         if (values.json) console.log(JSON.stringify(row));
       }
@@ -96,7 +105,7 @@ async function main(): Promise<void> {
     console.log('model     batch  backend      images/s  peak RSS MB  steps  load');
     for (const r of rows) {
       console.log(
-        `${r.model.padEnd(9)} ${String(r.batch).padStart(5)}  ${r.backend.padEnd(11)} ${r.images_per_second.toFixed(1).padStart(9)}  ${String(r.peak_rss_mb).padStart(11)}  ${String(r.steps).padStart(5)}  ${r.load_average}`,
+        `${r.model.padEnd(9)} ${String(r.batch).padStart(5)}  ${r.backend.padEnd(11)} ${r.images_per_second.toFixed(1).padStart(9)}  ${String(r.peak_rss_mb).padStart(11)}  ${String(r.steps).padStart(5)}  ${r.load_average}${r.error ? `  ${r.error}` : ''}`,
       );
     }
   }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { AugmentPool, augmentBatches, type RawImageBatch } from '../augment/pool.ts';
 import { philox4x32 } from '../augment/rng.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
+import type * as tf from '@tensorflow/tfjs';
 import { useBackend, type BackendName } from '../models/backend.ts';
 import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../models/checkpoint.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
@@ -384,15 +385,18 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         const lr = schedule(state.globalStep);
         optimizer.setLearningRate(lr);
         const count = batch.ids.length;
-        const v1 = pixelsToTensor(batch.view1, count, size);
-        const v2 = pixelsToTensor(batch.view2!, count, size);
+        let v1: tf.Tensor4D | null = null;
+        let v2: tf.Tensor4D | null = null;
         let result;
         try {
+          v1 = pixelsToTensor(batch.view1, count, size);
+          v2 = pixelsToTensor(batch.view2!, count, size);
           result = simclrStep(model, optimizer, v1, v2, temperature);
         } catch (err) {
-          // Emscripten aborts when the wasm heap (4 GB at most) cannot grow: the step's activations
-          // for 2 × batch views did not fit. The wasm instance is unusable afterwards.
-          if (err instanceof Error && err.name === 'RuntimeError' && /^Aborted/.test(err.message)) {
+          // When the wasm heap (4 GB at most) cannot grow, emscripten aborts or a kernel writes out
+          // of bounds: the step's activations for 2 × batch views did not fit. The wasm instance
+          // is unusable afterwards.
+          if (err instanceof Error && err.name === 'RuntimeError' && /^Aborted|memory access out of bounds/.test(err.message)) {
             throw new PretrainOutOfMemoryError(
               `pretrain: the ${backend.name} backend ran out of memory (its heap is at most 4 GB) in a step of 2 × ${count} views of ${size} px through ${r.model}; ` +
                 `use a smaller --batch-size (about half)${(await findCheckpoint(checkpointDir)) ? ` and --resume from ${checkpointDir}` : ''}`,
@@ -400,8 +404,8 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
           }
           throw err;
         } finally {
-          v1.dispose();
-          v2.dispose();
+          v1?.dispose();
+          v2?.dispose();
         }
         if (!Number.isFinite(result.loss)) {
           const last = await findCheckpoint(checkpointDir);
