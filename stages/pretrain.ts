@@ -39,6 +39,8 @@ export interface PretrainOptions {
   projectionDim?: number;
   /** Colour jitter strength s; default 0.5 for images <= 32 px, else 1 (SimCLR appendix B.9). */
   colorStrength?: number;
+  /** Smallest crop area of the random resized crop; SimCLR's 0.08 by default. */
+  minScale?: number;
   /** Train on at most this many images (0 = all); taken after the held-out split. */
   limit?: number;
   seed?: number;
@@ -96,7 +98,8 @@ export class NonFiniteLossError extends Error {
   override name = 'NonFiniteLossError';
 }
 
-interface Resolved extends Required<Omit<PretrainOptions, 'temperature' | 'lr' | 'warmupEpochs' | 'colorStrength' | 'signal' | 'log' | 'onProgress' | 'onBackend' | 'workers'>> {
+interface Resolved extends Required<Omit<PretrainOptions, 'temperature' | 'lr' | 'warmupEpochs' | 'colorStrength' | 'minScale' | 'signal' | 'log' | 'onProgress' | 'onBackend' | 'workers'>> {
+  minScale?: number;
   temperature?: number;
   lr?: number;
   warmupEpochs?: number;
@@ -152,6 +155,8 @@ function resolve(options: PretrainOptions): Resolved {
   positive('temperature');
   positive('lr');
   positive('colorStrength');
+  positive('minScale');
+  if (r.minScale !== undefined && r.minScale > 1) throw new PretrainInputError(`pretrain.minScale must be in (0, 1], got ${r.minScale}`);
   if (r.warmupEpochs !== undefined && !(r.warmupEpochs >= 0 && r.warmupEpochs <= r.epochs)) {
     throw new PretrainInputError(`pretrain.warmupEpochs must be in [0, epochs], got ${r.warmupEpochs}`);
   }
@@ -373,6 +378,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         outputSize: size,
         output: 'float32',
         colorStrength: r.colorStrength,
+        ...(r.minScale !== undefined ? { minScale: r.minScale } : {}),
         batchSize: r.batchSize,
         dropLast: true,
         seed: r.seed,
