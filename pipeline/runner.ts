@@ -1,9 +1,9 @@
 // Stage runner: run-dir lock, stage manifest (running → completed | failed), resolved config file,
 // and the skip rule (same config hash and input hashes → nothing to do).
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { sha256File } from '../data/manifest.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 
 export type StageStatus = 'running' | 'completed' | 'failed';
@@ -27,11 +27,6 @@ export class RunDirLockedError extends Error {
   override name = 'RunDirLockedError';
 }
 
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
 
 /** Writes a file so that readers see either the old or the whole new content, never half. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {

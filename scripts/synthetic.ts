@@ -16,8 +16,8 @@ export interface SyntheticOptions {
   classes?: readonly SyntheticClass[];
 }
 
-/** mulberry32: small, fast, seedable; good enough for procedural pictures. */
-function rng(seed: number): () => number {
+/** mulberry32: small, fast, seedable; good enough for procedural pictures and test cases. */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -91,7 +91,7 @@ export async function makeSyntheticDataset({ dir, perClass = 100, size = 40, see
   for (const [c, cls] of classes.entries()) {
     const classDir = join(dir, cls);
     await mkdir(classDir, { recursive: true });
-    const random = rng(seed * 1000003 + c * 7919 + 1);
+    const random = mulberry32(seed * 1000003 + c * 7919 + 1);
     for (let i = 0; i < perClass; i++) {
       const raw = renderSynthetic(cls, size, random);
       const img = sharp(raw, { raw: { width: size, height: size, channels: 3 } });

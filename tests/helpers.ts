@@ -27,3 +27,14 @@ export function expectTensorClose(
     expect.fail(`tensors differ at flat index ${worstAt}: got ${a[worstAt]}, expected ${e[worstAt]} (atol ${atol}, rtol ${rtol})`);
   }
 }
+
+/** Deterministic values in [-1, 1) (an LCG), so every backend in a parity test sees the same numbers. */
+export function seededValues(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}

@@ -1,6 +1,7 @@
 // Tests for models/losses.ts: NT-Xent against a nested-loop copy of SimCLR's Algorithm 1, hand
 // values, symmetry, finite-difference gradients, contrastive accuracy, leaks.
 import * as tf from '@tensorflow/tfjs';
+import { mulberry32 } from '../../scripts/synthetic.ts';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultTemperature, ntXentLoss } from '../../models/losses.ts';
 import { expectTensorClose } from '../helpers.ts';
@@ -9,17 +10,6 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-/** Small seeded generator so random cases are the same on every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomMatrix(rows: number, cols: number, seed: number): number[][] {
   const rand = mulberry32(seed);

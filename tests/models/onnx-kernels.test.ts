@@ -17,7 +17,7 @@ import {
 } from '../../models/onnx-kernels.ts';
 import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../models/onnx-proto.ts';
 import { buildEncoder } from '../../models/resnet.ts';
-import { expectTensorClose } from '../helpers.ts';
+import { expectTensorClose, seededValues } from '../helpers.ts';
 
 type Backend = 'cpu' | 'wasm' | 'onnxruntime';
 // Node has WebAssembly; the project's lib settings leave its type out.
@@ -41,19 +41,9 @@ afterEach(() => {
   expect(tf.memory().numTensors).toBe(tensorsBefore);
 });
 
-/** Deterministic values in [-1, 1) so every backend sees the same numbers. */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 function rand(shape: number[], seed: number): tf.Tensor {
-  return tf.tensor(values(shape.reduce((a, b) => a * b, 1), seed), shape);
+  return tf.tensor(seededValues(shape.reduce((a, b) => a * b, 1), seed), shape);
 }
 
 /** Runs `f` on `backend` and returns its outputs as plain arrays (nothing left allocated). */
@@ -299,7 +289,7 @@ describe('ResNet-20 training', () => {
   it('gives every weight the same gradient as wasm (one forward + backward pass)', async () => {
     expect(await tf.setBackend('wasm')).toBe(true);
     const { model } = buildEncoder({ name: 'resnet20', inputSize: 16 });
-    const x = values(4 * 16 * 16 * 3, 27);
+    const x = seededValues(4 * 16 * 16 * 3, 27);
     const gradsOn = async (backend: Backend): Promise<Float32Array[]> => {
       expect(await tf.setBackend(backend)).toBe(true);
       return tf.tidy(() => {
@@ -326,7 +316,7 @@ describe('ResNet-20 training', () => {
     const initial = model.getWeights().map((w) => w.clone());
     try {
       const shape = [6, 16, 16, 3];
-      const x = values(6 * 16 * 16 * 3, 26);
+      const x = seededValues(6 * 16 * 16 * 3, 26);
       const onWasm = await lossCurve('wasm', model, initial, x, shape);
       const runsBefore = ort.stats().runs.Conv2DBackpropFilter ?? 0;
       const onOrt = await lossCurve('onnxruntime', model, initial, x, shape);

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { registerWasmTrainingKernels } from '../../models/wasm-kernels.ts';
-import { expectTensorClose } from '../helpers.ts';
+import { expectTensorClose, seededValues } from '../helpers.ts';
 
 type Pad = 'same' | 'valid' | [[0, 0], [number, number], [number, number], [0, 0]];
 
@@ -18,16 +18,6 @@ function grads2(f: (a: tf.Tensor4D, b: tf.Tensor4D) => tf.Tensor): (xs: tf.Tenso
   return tf.grads((...t: tf.Tensor[]) => f(t[0] as tf.Tensor4D, t[1] as tf.Tensor4D));
 }
 
-/** Deterministic values in [-1, 1) so both backends see the same numbers. */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 interface ConvResult {
   y: Float32Array;
@@ -46,10 +36,10 @@ async function convAndGrads(
 ): Promise<ConvResult> {
   await tf.setBackend(backend);
   return tf.tidy(() => {
-    const x = tf.tensor4d(values(xShape.reduce((a, b) => a * b), 1), xShape);
-    const w = tf.tensor4d(values(wShape.reduce((a, b) => a * b), 2), wShape);
+    const x = tf.tensor4d(seededValues(xShape.reduce((a, b) => a * b), 1), xShape);
+    const w = tf.tensor4d(seededValues(wShape.reduce((a, b) => a * b), 2), wShape);
     const y = tf.conv2d(x, w, strides, pad);
-    const r = tf.tensor(values(y.size, 3), y.shape);
+    const r = tf.tensor(seededValues(y.size, 3), y.shape);
     const [dx, dw] = grads2((a, b) => tf.sum(tf.mul(tf.conv2d(a, b, strides, pad), r)))([x, w]);
     return { y: y.dataSync() as Float32Array, dx: dx.dataSync() as Float32Array, dw: dw.dataSync() as Float32Array, yShape: y.shape };
   });
@@ -125,8 +115,8 @@ describe('finite differences', () => {
     const wShape = [3, 3, 2, 3];
     // stride 2, 'same' on 5×6: out 3×3, padding (top 1, left 0) as tfjs computes it
     const [stride, padTop, padLeft, outH, outW] = [2, 1, 0, 3, 3];
-    const x32 = values(120, 11);
-    const w32 = values(54, 12);
+    const x32 = seededValues(120, 11);
+    const w32 = seededValues(54, 12);
     const [dx, dw] = tf.tidy(() =>
       grads2((a, b) => tf.mul(tf.sum(tf.square(tf.conv2d(a, b, stride, 'same'))), 0.5))([
         tf.tensor4d(x32, xShape as [number, number, number, number]),
@@ -162,7 +152,7 @@ describe.each([
   { name: 'no repetition', shape: [2, 3], reps: [1, 1], dtype: 'float32' as const },
 ])('Tile on wasm matches cpu: $name', ({ shape, reps, dtype }) => {
   it('values and shape', async () => {
-    const data = Array.from(values(shape.reduce((a, b) => a * b, 1), 5), (v) => (dtype === 'float32' ? v : dtype === 'int32' ? Math.round(v * 10) : Number(v > 0)));
+    const data = Array.from(seededValues(shape.reduce((a, b) => a * b, 1), 5), (v) => (dtype === 'float32' ? v : dtype === 'int32' ? Math.round(v * 10) : Number(v > 0)));
     const run = async (backend: string) => {
       await tf.setBackend(backend);
       return tf.tidy(() => {
@@ -192,8 +182,8 @@ describe('registration and memory', () => {
 
   it('leaves no tensors and no wasm buffers behind', async () => {
     await tf.setBackend('wasm');
-    const x = tf.tensor4d(values(2 * 9 * 7 * 3, 7), [2, 9, 7, 3]);
-    const w = tf.tensor4d(values(3 * 3 * 3 * 4, 8), [3, 3, 3, 4]);
+    const x = tf.tensor4d(seededValues(2 * 9 * 7 * 3, 7), [2, 9, 7, 3]);
+    const w = tf.tensor4d(seededValues(3 * 3 * 3 * 4, 8), [3, 3, 3, 4]);
     const grad = grads2((a, b) => tf.sum(tf.conv2d(a, b, 2, 'same')));
     tf.dispose(grad([x, w])); // first call may allocate lazily
     const tensors = tf.memory().numTensors;
