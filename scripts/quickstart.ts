@@ -13,6 +13,8 @@ const { values } = parseArgs({
     'per-class': { type: 'string', default: '120' },
     epochs: { type: 'string', default: '8' },
     'batch-size': { type: 'string', default: '64' },
+    size: { type: 'string', default: '32' },
+    'min-scale': { type: 'string' },
     backend: { type: 'string', default: 'auto' },
     force: { type: 'boolean', default: false },
   },
@@ -49,7 +51,7 @@ if (values.force || !(await exists(join(imagesDir, SYNTHETIC_CLASSES[0])))) {
 }
 
 const force = values.force ? ['--force'] : [];
-await step('2. ingest (sharp workers → Arrow shards)', ['run', 'ingest', '--run-dir', runDir, '--input', imagesDir, '--size', '32', ...force]);
+await step('2. ingest (sharp workers → Arrow shards)', ['run', 'ingest', '--run-dir', runDir, '--input', imagesDir, '--size', values.size!, ...force]);
 await step('3. contrastive pretraining (SimCLR, ResNet-20, kNN before and after)', [
   'run',
   'pretrain',
@@ -69,6 +71,7 @@ await step('3. contrastive pretraining (SimCLR, ResNet-20, kNN before and after)
   '20',
   '--backend',
   values.backend!,
+  ...(values['min-scale'] ? ['--min-scale', values['min-scale']] : []),
   ...force,
 ]);
 
