@@ -279,216 +279,218 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
   let model: SimclrModel = buildSimclrModel({ encoder: r.model, width: r.width, inputSize: size, headLayers: r.headLayers, projectionDim: r.projectionDim, seed: r.seed });
   const optimizer: WeightDecayOptimizer = makeOptimizer({ name: r.optimizer, learningRate: baseLr, momentum: r.momentum, weightDecay: r.weightDecay } as never);
   let state: TrainState = { epoch: 0, stepInEpoch: 0, globalStep: 0 };
-
-  if (r.resume) {
-    if ((await findCheckpoint(checkpointDir)) === null) {
-      throw new PretrainInputError(`pretrain --resume: no checkpoint in ${checkpointDir} to resume from`);
-    }
-    const loaded = await loadCheckpoint(checkpointDir, { models: ['encoder', 'head'], optimizer });
-    const saved = loaded.state as unknown as { train: TrainState; key: Record<string, unknown> };
-    for (const [k, v] of Object.entries(key)) {
-      if (saved.key?.[k] !== v) {
-        for (const m of Object.values(loaded.models)) m.dispose();
-        throw new PretrainInputError(`pretrain --resume: the checkpoint in ${checkpointDir} was made with ${k} = ${JSON.stringify(saved.key?.[k])}, this run has ${JSON.stringify(v)}`);
+  // Everything below holds the model and optimizer: free them however the run ends.
+  try {
+    if (r.resume) {
+      if ((await findCheckpoint(checkpointDir)) === null) {
+        throw new PretrainInputError(`pretrain --resume: no checkpoint in ${checkpointDir} to resume from`);
       }
+      const loaded = await loadCheckpoint(checkpointDir, { models: ['encoder', 'head'], optimizer });
+      const saved = loaded.state as unknown as { train: TrainState; key: Record<string, unknown> };
+      for (const [k, v] of Object.entries(key)) {
+        if (saved.key?.[k] !== v) {
+          for (const m of Object.values(loaded.models)) m.dispose();
+          throw new PretrainInputError(`pretrain --resume: the checkpoint in ${checkpointDir} was made with ${k} = ${JSON.stringify(saved.key?.[k])}, this run has ${JSON.stringify(v)}`);
+        }
+      }
+      model.encoder.dispose();
+      model.head.dispose();
+      model = { encoder: loaded.models.encoder, head: loaded.models.head, featureDim: model.featureDim };
+      state = saved.train;
+      log(`pretrain: resuming from ${checkpointDir} at epoch ${state.epoch + 1}, step ${state.stepInEpoch} of ${stepsPerEpoch}`);
+    } else {
+      // A fresh run replaces the metrics of any earlier one in this directory.
+      await writeFile(metricsFile, '');
     }
-    model.encoder.dispose();
-    model.head.dispose();
-    model = { encoder: loaded.models.encoder, head: loaded.models.head, featureDim: model.featureDim };
-    state = saved.train;
-    log(`pretrain: resuming from ${checkpointDir} at epoch ${state.epoch + 1}, step ${state.stepInEpoch} of ${stepsPerEpoch}`);
-  } else {
-    // A fresh run replaces the metrics of any earlier one in this directory.
-    await writeFile(metricsFile, '');
-  }
 
-  const writeMetrics = (row: Record<string, unknown>) => appendFile(metricsFile, JSON.stringify(row) + '\n');
-  const saveState = (s: TrainState) =>
-    saveCheckpoint(checkpointDir, {
-      models: { encoder: model.encoder, head: model.head },
-      optimizer,
-      state: { train: s, key, config: { ...key, temperature, baseLr, warmupSteps, totalSteps } } as unknown as JsonValue,
+    const writeMetrics = (row: Record<string, unknown>) => appendFile(metricsFile, JSON.stringify(row) + '\n');
+    const saveState = (s: TrainState) =>
+      saveCheckpoint(checkpointDir, {
+        models: { encoder: model.encoder, head: model.head },
+        optimizer,
+        state: { train: s, key, config: { ...key, temperature, baseLr, warmupSteps, totalSteps } } as unknown as JsonValue,
+      });
+
+    // kNN monitor: bank = labeled training rows (at most knnBank), queries = held-out rows.
+    const labeledRows: number[] = [];
+    for (let i = 0; i < n; i++) if (train.labels[i] >= 0) labeledRows.push(i);
+    const bankRows = limitRows(labeledRows, r.knnBank, r.seed); // random, so every class is in it
+    const knnEnabled = r.knnEvery > 0 && heldOut.length > 0 && bankRows.length > 0;
+    if (r.knnEvery > 0 && !knnEnabled) log('pretrain: kNN monitor off: it needs --knn-holdout N on a labeled dataset');
+    const bank = knnEnabled ? gatherImages(train, bankRows) : null;
+    const queries = knnEnabled ? gatherImages(all, heldOut) : null;
+    const evaluateKnn = (): number => {
+      const bankFeatures = embed(model.encoder, bank!.pixels, bank!.ids.length, size);
+      const queryFeatures = embed(model.encoder, queries!.pixels, queries!.ids.length, size);
+      try {
+        const predicted = knnPredict(bankFeatures, bank!.labels, queryFeatures, { k: r.knnK, temperature: 0.1, numClasses: all.classes.length });
+        return knnAccuracy(predicted, queries!.labels);
+      } finally {
+        bankFeatures.dispose();
+        queryFeatures.dispose();
+      }
+    };
+
+    const metrics: PretrainResult['metrics'] = { loss: NaN, contrastive_accuracy: NaN, images_per_second: NaN, epochs: 0, steps: state.globalStep };
+    if (knnEnabled && state.globalStep === 0) {
+      const t0 = performance.now();
+      metrics.knn_accuracy_random_init = evaluateKnn();
+      log(`pretrain: kNN accuracy with random weights ${(100 * metrics.knn_accuracy_random_init).toFixed(2)} % (k ${r.knnK}, ${bank!.ids.length} bank, ${queries!.ids.length} queries, ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+      await writeMetrics({ epoch: 0, step: 0, knn_accuracy: metrics.knn_accuracy_random_init });
+    }
+
+    log(
+      `pretrain: ${r.model} (width ${r.width}) + ${r.headLayers}-layer head on ${n} images of ${size}px, batch ${r.batchSize}, ${stepsPerEpoch} steps/epoch × ${r.epochs} epochs, ` +
+        `${r.optimizer} lr ${baseLr.toPrecision(3)} (warm-up ${warmupSteps} steps, cosine), τ ${temperature}, backend ${backend.name}`,
+    );
+
+    const pool = new AugmentPool({ workers: r.workers });
+    const source = (perm: Uint32Array, from: number): Iterable<RawImageBatch> => ({
+      *[Symbol.iterator]() {
+        const chunk = r.batchSize;
+        for (let start = from; start < n; start += chunk) {
+          const rows = perm.subarray(start, Math.min(n, start + chunk));
+          const batch = gatherImages(train, rows);
+          yield { ids: batch.ids, pixels: batch.pixels, height: size, width: size };
+        }
+      },
     });
 
-  // kNN monitor: bank = labeled training rows (at most knnBank), queries = held-out rows.
-  const labeledRows: number[] = [];
-  for (let i = 0; i < n; i++) if (train.labels[i] >= 0) labeledRows.push(i);
-  const bankRows = limitRows(labeledRows, r.knnBank, r.seed); // random, so every class is in it
-  const knnEnabled = r.knnEvery > 0 && heldOut.length > 0 && bankRows.length > 0;
-  if (r.knnEvery > 0 && !knnEnabled) log('pretrain: kNN monitor off: it needs --knn-holdout N on a labeled dataset');
-  const bank = knnEnabled ? gatherImages(train, bankRows) : null;
-  const queries = knnEnabled ? gatherImages(all, heldOut) : null;
-  const evaluateKnn = (): number => {
-    const bankFeatures = embed(model.encoder, bank!.pixels, bank!.ids.length, size);
-    const queryFeatures = embed(model.encoder, queries!.pixels, queries!.ids.length, size);
+    let interrupted = false;
+    const onAbort = () => {
+      interrupted = true;
+    };
+    options.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const predicted = knnPredict(bankFeatures, bank!.labels, queryFeatures, { k: r.knnK, temperature: 0.1, numClasses: all.classes.length });
-      return knnAccuracy(predicted, queries!.labels);
-    } finally {
-      bankFeatures.dispose();
-      queryFeatures.dispose();
-    }
-  };
-
-  const metrics: PretrainResult['metrics'] = { loss: NaN, contrastive_accuracy: NaN, images_per_second: NaN, epochs: 0, steps: state.globalStep };
-  if (knnEnabled && state.globalStep === 0) {
-    const t0 = performance.now();
-    metrics.knn_accuracy_random_init = evaluateKnn();
-    log(`pretrain: kNN accuracy with random weights ${(100 * metrics.knn_accuracy_random_init).toFixed(2)} % (k ${r.knnK}, ${bank!.ids.length} bank, ${queries!.ids.length} queries, ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-    await writeMetrics({ epoch: 0, step: 0, knn_accuracy: metrics.knn_accuracy_random_init });
-  }
-
-  log(
-    `pretrain: ${r.model} (width ${r.width}) + ${r.headLayers}-layer head on ${n} images of ${size}px, batch ${r.batchSize}, ${stepsPerEpoch} steps/epoch × ${r.epochs} epochs, ` +
-      `${r.optimizer} lr ${baseLr.toPrecision(3)} (warm-up ${warmupSteps} steps, cosine), τ ${temperature}, backend ${backend.name}`,
-  );
-
-  const pool = new AugmentPool({ workers: r.workers });
-  const source = (perm: Uint32Array, from: number): Iterable<RawImageBatch> => ({
-    *[Symbol.iterator]() {
-      const chunk = r.batchSize;
-      for (let start = from; start < n; start += chunk) {
-        const rows = perm.subarray(start, Math.min(n, start + chunk));
-        const batch = gatherImages(train, rows);
-        yield { ids: batch.ids, pixels: batch.pixels, height: size, width: size };
-      }
-    },
-  });
-
-  let interrupted = false;
-  const onAbort = () => {
-    interrupted = true;
-  };
-  options.signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    for (let epoch = state.epoch; epoch < r.epochs; epoch++) {
-      const perm = epochPermutation(r.seed, epoch, n);
-      const skip = epoch === state.epoch ? state.stepInEpoch : 0;
-      let epochLoss = 0;
-      let epochAcc = 0;
-      let epochSteps = 0;
-      let windowLoss = 0;
-      let windowAcc = 0;
-      let windowSteps = 0;
-      let windowStart = performance.now();
-      const epochStart = performance.now();
-      const batches = augmentBatches(source(perm, skip * r.batchSize), {
-        pool,
-        preset: 'simclr',
-        outputSize: size,
-        output: 'float32',
-        colorStrength: r.colorStrength,
-        ...(r.minScale !== undefined ? { minScale: r.minScale } : {}),
-        batchSize: r.batchSize,
-        dropLast: true,
-        seed: r.seed,
-        epoch,
-        firstIndex: skip * r.batchSize,
-      });
-      let stepInEpoch = skip;
-      options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
-      for await (const batch of batches) {
-        const lr = schedule(state.globalStep);
-        optimizer.setLearningRate(lr);
-        const count = batch.ids.length;
-        let v1: tf.Tensor4D | null = null;
-        let v2: tf.Tensor4D | null = null;
-        let result;
-        try {
-          v1 = pixelsToTensor(batch.view1, count, size);
-          v2 = pixelsToTensor(batch.view2!, count, size);
-          result = simclrStep(model, optimizer, v1, v2, temperature);
-        } catch (err) {
-          // When the wasm heap (4 GB at most) cannot grow, emscripten aborts or a kernel writes out
-          // of bounds: the step's activations for 2 × batch views did not fit. The wasm instance
-          // is unusable afterwards.
-          if (err instanceof Error && err.name === 'RuntimeError' && /^Aborted|memory access out of bounds/.test(err.message)) {
-            throw new PretrainOutOfMemoryError(
-              `pretrain: the ${backend.name} backend ran out of memory (its heap is at most 4 GB) in a step of 2 × ${count} views of ${size} px through ${r.model}; ` +
-                `use a smaller --batch-size (about half)${(await findCheckpoint(checkpointDir)) ? ` and --resume from ${checkpointDir}` : ''}`,
+      for (let epoch = state.epoch; epoch < r.epochs; epoch++) {
+        const perm = epochPermutation(r.seed, epoch, n);
+        const skip = epoch === state.epoch ? state.stepInEpoch : 0;
+        let epochLoss = 0;
+        let epochAcc = 0;
+        let epochSteps = 0;
+        let windowLoss = 0;
+        let windowAcc = 0;
+        let windowSteps = 0;
+        let windowStart = performance.now();
+        const epochStart = performance.now();
+        const batches = augmentBatches(source(perm, skip * r.batchSize), {
+          pool,
+          preset: 'simclr',
+          outputSize: size,
+          output: 'float32',
+          colorStrength: r.colorStrength,
+          ...(r.minScale !== undefined ? { minScale: r.minScale } : {}),
+          batchSize: r.batchSize,
+          dropLast: true,
+          seed: r.seed,
+          epoch,
+          firstIndex: skip * r.batchSize,
+        });
+        let stepInEpoch = skip;
+        options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
+        for await (const batch of batches) {
+          const lr = schedule(state.globalStep);
+          optimizer.setLearningRate(lr);
+          const count = batch.ids.length;
+          let v1: tf.Tensor4D | null = null;
+          let v2: tf.Tensor4D | null = null;
+          let result;
+          try {
+            v1 = pixelsToTensor(batch.view1, count, size);
+            v2 = pixelsToTensor(batch.view2!, count, size);
+            result = simclrStep(model, optimizer, v1, v2, temperature);
+          } catch (err) {
+            // When the wasm heap (4 GB at most) cannot grow, emscripten aborts or a kernel writes out
+            // of bounds: the step's activations for 2 × batch views did not fit. The wasm instance
+            // is unusable afterwards.
+            if (err instanceof Error && err.name === 'RuntimeError' && /^Aborted|memory access out of bounds/.test(err.message)) {
+              throw new PretrainOutOfMemoryError(
+                `pretrain: the ${backend.name} backend ran out of memory (its heap is at most 4 GB) in a step of 2 × ${count} views of ${size} px through ${r.model}; ` +
+                  `use a smaller --batch-size (about half)${(await findCheckpoint(checkpointDir)) ? ` and --resume from ${checkpointDir}` : ''}`,
+              );
+            }
+            throw err;
+          } finally {
+            v1?.dispose();
+            v2?.dispose();
+          }
+          if (!Number.isFinite(result.loss)) {
+            const last = await findCheckpoint(checkpointDir);
+            throw new NonFiniteLossError(
+              `pretrain: loss is ${result.loss} at epoch ${epoch + 1} step ${stepInEpoch + 1} (global step ${state.globalStep + 1}, lr ${lr.toPrecision(3)}); ` +
+                (last ? `last good checkpoint: ${last} (resume with --resume, perhaps with a lower --lr)` : 'no checkpoint was written yet; try a lower --lr'),
             );
           }
-          throw err;
-        } finally {
-          v1?.dispose();
-          v2?.dispose();
+          stepInEpoch++;
+          state = { epoch, stepInEpoch, globalStep: state.globalStep + 1 };
+          epochLoss += result.loss;
+          epochAcc += result.accuracy;
+          epochSteps++;
+          windowLoss += result.loss;
+          windowAcc += result.accuracy;
+          windowSteps++;
+          const now = performance.now();
+          const imagesPerSecond = (2 * count * windowSteps) / ((now - windowStart) / 1000);
+          options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: result.loss, imagesPerSecond });
+          if (windowSteps === r.logEvery) {
+            await writeMetrics({
+              epoch: epoch + 1,
+              step: state.globalStep,
+              loss: windowLoss / windowSteps,
+              contrastive_accuracy: windowAcc / windowSteps,
+              lr,
+              images_per_second: imagesPerSecond,
+            });
+            windowLoss = windowAcc = windowSteps = 0;
+            windowStart = performance.now();
+          }
+          if (interrupted) break;
         }
-        if (!Number.isFinite(result.loss)) {
-          const last = await findCheckpoint(checkpointDir);
-          throw new NonFiniteLossError(
-            `pretrain: loss is ${result.loss} at epoch ${epoch + 1} step ${stepInEpoch + 1} (global step ${state.globalStep + 1}, lr ${lr.toPrecision(3)}); ` +
-              (last ? `last good checkpoint: ${last} (resume with --resume, perhaps with a lower --lr)` : 'no checkpoint was written yet; try a lower --lr'),
+        if (interrupted) {
+          await saveState(state.stepInEpoch === stepsPerEpoch ? { epoch: epoch + 1, stepInEpoch: 0, globalStep: state.globalStep } : state);
+          throw new PretrainInterruptedError(
+            `pretrain interrupted at epoch ${epoch + 1} step ${state.stepInEpoch} of ${stepsPerEpoch}; checkpoint written to ${checkpointDir}; ` +
+              `continue with the same command plus --resume`,
           );
         }
-        stepInEpoch++;
-        state = { epoch, stepInEpoch, globalStep: state.globalStep + 1 };
-        epochLoss += result.loss;
-        epochAcc += result.accuracy;
-        epochSteps++;
-        windowLoss += result.loss;
-        windowAcc += result.accuracy;
-        windowSteps++;
-        const now = performance.now();
-        const imagesPerSecond = (2 * count * windowSteps) / ((now - windowStart) / 1000);
-        options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: result.loss, imagesPerSecond });
-        if (windowSteps === r.logEvery) {
-          await writeMetrics({
-            epoch: epoch + 1,
-            step: state.globalStep,
-            loss: windowLoss / windowSteps,
-            contrastive_accuracy: windowAcc / windowSteps,
-            lr,
-            images_per_second: imagesPerSecond,
-          });
-          windowLoss = windowAcc = windowSteps = 0;
-          windowStart = performance.now();
+        const seconds = (performance.now() - epochStart) / 1000;
+        state = { epoch: epoch + 1, stepInEpoch: 0, globalStep: state.globalStep };
+        metrics.loss = epochLoss / Math.max(1, epochSteps);
+        metrics.contrastive_accuracy = epochAcc / Math.max(1, epochSteps);
+        metrics.images_per_second = (2 * r.batchSize * epochSteps) / seconds;
+        metrics.epochs = epoch + 1;
+        metrics.steps = state.globalStep;
+        const row: Record<string, unknown> = {
+          epoch: epoch + 1,
+          step: state.globalStep,
+          loss: metrics.loss,
+          contrastive_accuracy: metrics.contrastive_accuracy,
+          lr: schedule(state.globalStep - 1),
+          images_per_second: metrics.images_per_second,
+          epoch_seconds: seconds,
+          summary: 'epoch',
+        };
+        if (knnEnabled && ((epoch + 1) % r.knnEvery === 0 || epoch + 1 === r.epochs)) {
+          metrics.knn_accuracy = evaluateKnn();
+          row.knn_accuracy = metrics.knn_accuracy;
         }
-        if (interrupted) break;
-      }
-      if (interrupted) {
-        await saveState(state.stepInEpoch === stepsPerEpoch ? { epoch: epoch + 1, stepInEpoch: 0, globalStep: state.globalStep } : state);
-        throw new PretrainInterruptedError(
-          `pretrain interrupted at epoch ${epoch + 1} step ${state.stepInEpoch} of ${stepsPerEpoch}; checkpoint written to ${checkpointDir}; ` +
-            `continue with the same command plus --resume`,
+        await writeMetrics(row);
+        await saveState(state);
+        log(
+          `pretrain: epoch ${epoch + 1}/${r.epochs} loss ${metrics.loss.toFixed(4)} contrastive acc ${(100 * metrics.contrastive_accuracy).toFixed(1)} % ` +
+            `${metrics.images_per_second.toFixed(0)} images/s (${seconds.toFixed(0)} s)` +
+            (row.knn_accuracy !== undefined ? ` kNN ${(100 * (row.knn_accuracy as number)).toFixed(2)} %` : ''),
         );
       }
-      const seconds = (performance.now() - epochStart) / 1000;
-      state = { epoch: epoch + 1, stepInEpoch: 0, globalStep: state.globalStep };
-      metrics.loss = epochLoss / Math.max(1, epochSteps);
-      metrics.contrastive_accuracy = epochAcc / Math.max(1, epochSteps);
-      metrics.images_per_second = (2 * r.batchSize * epochSteps) / seconds;
-      metrics.epochs = epoch + 1;
-      metrics.steps = state.globalStep;
-      const row: Record<string, unknown> = {
-        epoch: epoch + 1,
-        step: state.globalStep,
-        loss: metrics.loss,
-        contrastive_accuracy: metrics.contrastive_accuracy,
-        lr: schedule(state.globalStep - 1),
-        images_per_second: metrics.images_per_second,
-        epoch_seconds: seconds,
-        summary: 'epoch',
-      };
-      if (knnEnabled && ((epoch + 1) % r.knnEvery === 0 || epoch + 1 === r.epochs)) {
-        metrics.knn_accuracy = evaluateKnn();
-        row.knn_accuracy = metrics.knn_accuracy;
-      }
-      await writeMetrics(row);
-      await saveState(state);
-      log(
-        `pretrain: epoch ${epoch + 1}/${r.epochs} loss ${metrics.loss.toFixed(4)} contrastive acc ${(100 * metrics.contrastive_accuracy).toFixed(1)} % ` +
-          `${metrics.images_per_second.toFixed(0)} images/s (${seconds.toFixed(0)} s)` +
-          (row.knn_accuracy !== undefined ? ` kNN ${(100 * (row.knn_accuracy as number)).toFixed(2)} %` : ''),
-      );
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+      await pool.destroy();
     }
+    return { checkpoint: checkpointDir, metricsFile, metrics, backend: backend.name };
   } finally {
-    options.signal?.removeEventListener('abort', onAbort);
-    await pool.destroy();
+    model.encoder.dispose();
+    model.head.dispose();
+    optimizer.dispose();
   }
-  const result: PretrainResult = { checkpoint: checkpointDir, metricsFile, metrics, backend: backend.name };
-  model.encoder.dispose();
-  model.head.dispose();
-  optimizer.dispose();
-  return result;
 }
 

@@ -171,11 +171,13 @@ console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), 
     await expect(pretrain({ data, outDir, epochs: 0, backend: 'wasm' })).rejects.toThrow('pretrain.epochs must be an integer >= 1, got 0');
   });
 
-  it('stops on a non-finite loss naming the step', async () => {
+  it('stops on a non-finite loss naming the step, and frees the model', async () => {
     const outDir = await mkdtemp(join(tmpdir(), 'pretrain-out-'));
+    const before = tf.memory().numTensors;
     await expect(
       pretrain({ data, outDir, epochs: 3, batchSize: 8, optimizer: 'sgd', lr: 1e30, warmupEpochs: 0, headLayers: 1, projectionDim: 8, backend: 'wasm', workers: 1 }),
     ).rejects.toThrow(/loss is (NaN|Infinity|-Infinity) at epoch \d+ step \d+ \(global step \d+/);
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 
