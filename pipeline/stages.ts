@@ -86,7 +86,8 @@ async function runIngest(config: ResolvedConfig, outDir: string, env: StageEnv) 
     },
   }));
   (progress as ReturnType<typeof createProgress> | null)?.finish();
-  env.log(`ingest: ${result.rows} images (${result.rejected.length} rejected, listed in ${result.rejectedPath}) in ${result.seconds.toFixed(1)} s, ${result.imagesPerSecond.toFixed(0)} images/s → ${result.manifestPath}`);
+  // The stage logs its own summary; add where the rejected files are listed when there are some.
+  if (result.rejected.length > 0) env.log(`ingest: ${result.rejected.length} rejected files are listed in ${result.rejectedPath}`);
   return result;
 }
 

@@ -168,7 +168,11 @@ function resolve(options: PretrainOptions): Resolved {
 /** Permutation key of the --limit subset: an "epoch" no training run reaches. */
 const SUBSET_EPOCH = 0xffffffff;
 
-/** A permutation of 0..n-1 that depends only on (seed, epoch): Fisher–Yates on Philox words. */
+/**
+ * A permutation of 0..n-1 that depends only on (seed, epoch): Fisher–Yates on Philox words, one
+ * counter per position. Not ViewRandom.permutation: one view stream holds 262,144 draws, fewer
+ * than a large dataset's permutation needs.
+ */
 export function epochPermutation(seed: number, epoch: number, n: number): Uint32Array {
   const perm = new Uint32Array(n);
   for (let i = 0; i < n; i++) perm[i] = i;
