@@ -68,6 +68,8 @@ export interface OnnxModel {
   /** ONNX IR version; 8 goes with opsets up to 18. */
   irVersion?: number;
   producer?: string;
+  /** Further operator sets, e.g. { domain: 'com.microsoft.nchwc', version: 1 } for ORT's blocked-layout ops. */
+  extraOpsets?: readonly { domain: string; version: number }[];
 }
 
 const utf8 = new TextEncoder();
@@ -232,6 +234,12 @@ export function encodeModel(model: OnnxModel): Uint8Array {
     m.string(1, '');
     m.int(2, model.opset);
   });
+  for (const { domain, version } of model.extraOpsets ?? []) {
+    w.message(8, (m) => {
+      m.string(1, domain);
+      m.int(2, version);
+    });
+  }
   return w.finish();
 }
 

@@ -181,6 +181,37 @@ describe.each(CONV_CASES)('convolution k=$k stride=$s pad=$pad', ({ k, s, pad })
   });
 });
 
+// Channel counts steer the blocked (NCHWc) graphs: a multiple of 4 is reordered and padded to
+// MLAS's block (8 or 16), fewer channels than the block are read as NCHW, others take plain Conv.
+describe.each([
+  { ci: 16, co: 16 },
+  { ci: 12, co: 20 },
+  { ci: 8, co: 3 },
+  { ci: 3, co: 8 },
+  { ci: 20, co: 6 },
+])('convolution channels $ci → $co', ({ ci, co }) => {
+  it.each([1, 2])('FusedConv2D (bias, relu) and its gradients match cpu at stride %i', async (s) => {
+    await expectParity(
+      () => {
+        const x = rand([2, 7, 9, ci], 21) as tf.Tensor4D;
+        const w = rand([3, 3, ci, co], 22) as tf.Tensor4D;
+        const bias = rand([co], 23);
+        const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor =>
+          tf.fused.conv2d({ x: a as tf.Tensor4D, filter: b as tf.Tensor4D, strides: s, pad: 'same', bias: c, activation: 'relu' });
+        const y = f(x, w, bias);
+        const r = rand(y.shape, 24);
+        const [dx, dw, db] = tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(f(a, b, c), r)))([x, w, bias]);
+        return [y, dx, dw, db];
+      },
+      ['FusedConv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'],
+    );
+  });
+});
+
+it('probes the NCHWc block size of this machine', () => {
+  expect([0, 8, 16]).toContain(ort.stats().blockSize);
+});
+
 describe('FusedConv2D activations and dilation', () => {
   const activations = ['relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'] as const;
   it.each(activations)('%s with a bias (per channel and broadcast) matches cpu', async (activation) => {
