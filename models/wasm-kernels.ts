@@ -293,7 +293,20 @@ function tile(args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs: tf
   return out;
 }
 
+/**
+ * Identity without the copy: the output shares the input's heap buffer (reference counted, as
+ * tfjs's cpu backend does it and wasm's own Reshape). Autodiff routes every Add's gradient and
+ * every layer's pass-through through Identity; wasm's kernel copies the whole tensor each time
+ * (~5 % of a ResNet-20 step). tfjs kernels never write into their inputs, so sharing is safe.
+ */
+function identity(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackend }): tf.TensorInfo {
+  const { x } = args.inputs;
+  args.backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+}
+
 const TRAINING_KERNELS: tf.KernelConfig[] = [
+  { kernelName: 'Identity', backendName: BACKEND, kernelFunc: identity as unknown as tf.KernelFunc },
   { kernelName: 'Conv2DBackpropFilter', backendName: BACKEND, kernelFunc: conv2DBackpropFilter as unknown as tf.KernelFunc },
   { kernelName: 'Conv2DBackpropInput', backendName: BACKEND, kernelFunc: conv2DBackpropInput as unknown as tf.KernelFunc },
   { kernelName: 'Tile', backendName: BACKEND, kernelFunc: tile as unknown as tf.KernelFunc },

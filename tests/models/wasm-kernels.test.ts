@@ -170,7 +170,7 @@ describe.each([
 describe('registration and memory', () => {
   it('is idempotent and replaces the wasm kernels', () => {
     registerWasmTrainingKernels();
-    const names = ['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'Tile'];
+    const names = ['Identity', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'Tile'];
     const before = names.map((n) => tf.getKernel(n, 'wasm')?.kernelFunc);
     registerWasmTrainingKernels();
     const after = names.map((n) => tf.getKernel(n, 'wasm')?.kernelFunc);
@@ -178,6 +178,23 @@ describe('registration and memory', () => {
     expect(before.every((f) => typeof f === 'function')).toBe(true);
     // wasm's own Conv2DBackpropInput and Tile bind C++ functions in a setupFunc; ours need none.
     for (const name of names) expect(tf.getKernel(name, 'wasm')?.setupFunc, name).toBeUndefined();
+  });
+
+  it('Identity shares the buffer: the copy outlives its source, and the buffer goes with the last one', async () => {
+    await tf.setBackend('wasm');
+    const buffers = tf.engine().backend.numDataIds();
+    const x = tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3]);
+    const y = tf.clone(x); // runs the Identity kernel
+    expect(y.shape).toEqual([2, 3]);
+    expect(tf.engine().backend.numDataIds()).toBe(buffers + 1); // one buffer, two tensors
+    x.dispose();
+    expect(Array.from(y.dataSync())).toEqual([1, 2, 3, 4, 5, 6]);
+    // Gradients of add pass through Identity: still right, and leave nothing behind.
+    const a = tf.tensor1d([1, 2]);
+    const [da] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(tf.add(t, t), tf.tensor1d([3, 5]))))([a]);
+    expect(Array.from(da.dataSync())).toEqual([6, 10]);
+    tf.dispose([y, a, da]);
+    expect(tf.engine().backend.numDataIds()).toBe(buffers);
   });
 
   it('leaves no tensors and no wasm buffers behind', async () => {
