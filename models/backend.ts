@@ -1,6 +1,7 @@
 // Compute backend selection: loads the requested TensorFlow.js backend (or the first that loads,
 // for `auto`), registers the project's training kernels where the backend lacks them.
 import * as tf from '@tensorflow/tfjs';
+import { installLowMemoryGradients } from './gradients.ts';
 
 export const BACKEND_NAMES = ['auto', 'tensorflow-gpu', 'tensorflow', 'onnxruntime', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -98,6 +99,8 @@ export async function useBackend(
   if (!(BACKEND_NAMES as readonly string[]).includes(requested)) {
     throw new Error(`unknown backend '${requested}' (choose from ${BACKEND_NAMES.join(', ')})`);
   }
+  // Every backend trains with the backprop that frees as it goes (models/gradients.ts).
+  installLowMemoryGradients();
   if (requested !== 'auto') {
     const choice = await load(requested);
     await tf.ready();
