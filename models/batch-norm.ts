@@ -12,6 +12,14 @@ export interface BatchNormArgs extends LayerArgs {
   epsilon?: number;
 }
 
+/**
+ * Kernels a backend may register to run training batch norm as one fused step each way
+ * (onnxruntime does: models/onnx-kernels.ts). Forward: {x, gamma, beta}, {epsilon} → [y, mean,
+ * variance, invStd]; backward: {dy, x, mean, invStd, gamma} → [dx, dGamma, dBeta].
+ */
+export const BATCH_NORM_FORWARD = 'SimclrBatchNormForward';
+export const BATCH_NORM_BACKWARD = 'SimclrBatchNormBackward';
+
 /** Per-channel sum over batch and space: [B, H, W, C] → [C]. */
 function channelSum(x: tf.Tensor4D): tf.Tensor1D {
   const [batch, height, width, channels] = x.shape;
@@ -45,6 +53,9 @@ export function batchNormTraining(
   beta: tf.Tensor1D,
   epsilon: number,
 ): { y: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
+  if (tf.getKernel(BATCH_NORM_FORWARD, tf.getBackend()) !== undefined && tf.getKernel(BATCH_NORM_BACKWARD, tf.getBackend()) !== undefined) {
+    return batchNormTrainingFused(x, gamma, beta, epsilon);
+  }
   const [batch, height, width] = x.shape;
   const count = batch * height * width;
   let mean: tf.Tensor1D | undefined;
@@ -69,6 +80,33 @@ export function batchNormTraining(
       return [affine(inner, tf.mul<tf.Tensor1D>(g, inv)), tf.mul(sumDyCentered, inv), sumDy];
     };
     return { value, gradFunc };
+  });
+  const y = op(x, gamma, beta) as tf.Tensor4D;
+  return { y, mean: mean as unknown as tf.Tensor1D, variance: variance as unknown as tf.Tensor1D };
+}
+
+/**
+ * batchNormTraining through the backend's fused kernels: x itself is saved for the gradient (it
+ * is alive anyway as the previous layer's output), not a centered copy.
+ */
+function batchNormTrainingFused(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+  epsilon: number,
+): { y: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
+  let mean: tf.Tensor1D | undefined;
+  let variance: tf.Tensor1D | undefined;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [xIn, gammaIn, betaIn, save] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D, tf.GradSaveFunc];
+    const [y, batchMean, batchVariance, invStd] = tf.engine().runKernel(BATCH_NORM_FORWARD, { x: xIn, gamma: gammaIn, beta: betaIn }, { epsilon }) as tf.Tensor[];
+    [mean, variance] = [tf.keep(batchMean as tf.Tensor1D), tf.keep(batchVariance as tf.Tensor1D)];
+    save([xIn, batchMean, invStd, gammaIn]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
+      const [xs, mu, inv, g] = saved;
+      return tf.engine().runKernel(BATCH_NORM_BACKWARD, { dy, x: xs, mean: mu, invStd: inv, gamma: g }, {}) as tf.Tensor[];
+    };
+    return { value: y, gradFunc };
   });
   const y = op(x, gamma, beta) as tf.Tensor4D;
   return { y, mean: mean as unknown as tf.Tensor1D, variance: variance as unknown as tf.Tensor1D };

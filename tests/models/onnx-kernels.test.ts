@@ -16,6 +16,7 @@ import {
   type OnnxRuntimeBackend,
 } from '../../models/onnx-kernels.ts';
 import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../models/onnx-proto.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, BatchNorm } from '../../models/batch-norm.ts';
 import { buildEncoder } from '../../models/resnet.ts';
 import { expectTensorClose, seededValues } from '../helpers.ts';
 
@@ -204,6 +205,35 @@ describe.each([
         return [y, dx, dw, db];
       },
       ['FusedConv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'],
+    );
+  });
+});
+
+describe('fused training batch norm', () => {
+  it.each([
+    [[4, 5, 3, 6]],
+    [[7, 12]],
+  ])('forward, statistics and gradients of shape %j match the composed path on cpu', async (shape) => {
+    const channels = shape[shape.length - 1];
+    await expectParity(
+      () => {
+        const x = tf.add(tf.mul(rand(shape, 31), 3), 1.5);
+        const gamma = rand([channels], 32);
+        const beta = rand([channels], 33);
+        const r = rand(shape, 34);
+        const layer = new BatchNorm({ epsilon: 1e-3, momentum: 0.9 });
+        const f = (a: tf.Tensor): tf.Tensor => layer.apply(a, { training: true }) as tf.Tensor;
+        layer.build(shape);
+        layer.setWeights([gamma, beta, tf.zeros([channels]), tf.ones([channels])]);
+        const y = f(x);
+        const [dx] = tf.grads((a: tf.Tensor) => tf.sum(tf.mul(f(a), r)))([x]);
+        const { grads } = tf.variableGrads(() => tf.sum(tf.mul(f(x), r)) as tf.Scalar, layer.trainableWeights.map((w) => (w as unknown as { val: tf.Variable }).val));
+        const [movingMean, movingVariance] = layer.getWeights().slice(2).map((t) => t.clone());
+        const out = [y, dx, ...Object.values(grads), movingMean, movingVariance];
+        for (const w of layer.weights) (w as unknown as { dispose(): void }).dispose();
+        return out;
+      },
+      [BATCH_NORM_FORWARD, BATCH_NORM_BACKWARD],
     );
   });
 });
