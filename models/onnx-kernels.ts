@@ -706,7 +706,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
 
 /**
  * dW[kh,kw,ci,co] = Σ_{b,oh,ow} x[b, oh·s + kh − pt, ow·s + kw − pl, ci] · dy[b,oh,ow,co]: per tap
- * (kh, kw) one GEMM dyᵀ [Co, K] × x_tap [K, Ci] with K = B·oH·oW, where x_tap is the strided
+ * (kh, kw) the GEMM dyᵀ [Co, K] × x_tap [K, Ci] with K = B·oH·oW (split in row blocks, below), where x_tap is the strided
  * slice of the padded x that tap reads, all in NHWC (no activation transposes). Measured against
  * the batch/channel-swapped convolution (xᵀ convolved with a stride-dilated dyᵀ, as the wasm
  * kernel does): 1.5–2.5× less CPU time on ResNet-20's layers, whose N = kH·kW = 9 GEMM columns
@@ -725,12 +725,16 @@ function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo
   // Padded extent the last tap reads: (k − 1) + (o − 1)·s + 1 rows; rows past it are never read.
   const padBottom = Math.max(0, kH + (oH - 1) * sH - info.inHeight - pads[0]);
   const padRight = Math.max(0, kW + (oW - 1) * sW - info.inWidth - pads[2]);
-  const key = `Conv2DBackpropFilter|${shapeKey(x, dy)}|f${attrs.filterShape}|s${sH},${sW}|p${pads}`;
+  // K is split into `parts` row blocks, one batched MatMul per tap: MLAS then spreads a tap over
+  // the threads (a single [Co, K] × [K, Ci] GEMM with Co, Ci = 16 runs on one), and each block's
+  // operands are smaller. Measured at batch 256 (32×32×16 layer): 113 → 68 ms.
+  const parts = [8, 4, 2, 1].find((p) => rows % p === 0)!;
+  const key = `Conv2DBackpropFilter|${shapeKey(x, dy)}|f${attrs.filterShape}|s${sH},${sW}|p${pads}|k${parts}`;
   const entry = cache.get(key, () => {
     const spec: GraphSpec = {
       nodes: [
-        { opType: 'Reshape', inputs: ['dy', 'dy_shape'], outputs: ['dy_2d'] }, // [K, Co]
-        transposeNode('dy_2d', 'dy_t', [1, 0]), // [Co, K]
+        { opType: 'Reshape', inputs: ['dy', 'dy_shape'], outputs: ['dy_3d'] }, // [parts, K/parts, Co]
+        transposeNode('dy_3d', 'dy_t', [0, 2, 1]), // [parts, Co, K/parts]
       ],
       inputs: [
         { name: 'x', shape: x.shape },
@@ -738,11 +742,12 @@ function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo
       ],
       outputs: [{ name: 'dw', shape: attrs.filterShape }],
       initializers: [
-        onnxTensor.int64('dy_shape', [rows, outChannels]),
-        onnxTensor.int64('tap_shape', [rows, inChannels]),
+        onnxTensor.int64('dy_shape', [parts, rows / parts, outChannels]),
+        onnxTensor.int64('tap_shape', [parts, rows / parts, inChannels]),
         onnxTensor.int64('slice_axes', [1, 2]),
         onnxTensor.int64('slice_steps', [sH, sW]),
         onnxTensor.int64('axis0', [0]),
+        onnxTensor.int64('axis1', [1]),
         onnxTensor.int64('dw_shape', attrs.filterShape),
       ],
     };
@@ -762,16 +767,17 @@ function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo
         );
         spec.nodes.push(
           { opType: 'Slice', inputs: [padded, `${t}_starts`, `${t}_ends`, 'slice_axes', 'slice_steps'], outputs: [`${t}_x`] }, // [B, oH, oW, Ci]
-          { opType: 'Reshape', inputs: [`${t}_x`, 'tap_shape'], outputs: [`${t}_2d`] }, // [K, Ci]
-          { opType: 'MatMul', inputs: ['dy_t', `${t}_2d`], outputs: [`${t}_dw`] }, // [Co, Ci]
-          { opType: 'Unsqueeze', inputs: [`${t}_dw`, 'axis0'], outputs: [`${t}_dw1`] }, // [1, Co, Ci]
+          { opType: 'Reshape', inputs: [`${t}_x`, 'tap_shape'], outputs: [`${t}_3d`] }, // [parts, K/parts, Ci]
+          { opType: 'MatMul', inputs: ['dy_t', `${t}_3d`], outputs: [`${t}_dw`] }, // [parts, Co, Ci]
+          { opType: 'Unsqueeze', inputs: [`${t}_dw`, 'axis0'], outputs: [`${t}_dw1`] }, // [1, parts, Co, Ci]
         );
         taps.push(`${t}_dw1`);
       }
     }
     spec.nodes.push(
-      { opType: 'Concat', inputs: taps, outputs: ['dw_taps'], attributes: { axis: { int: 0 } } }, // [kH·kW, Co, Ci]
-      transposeNode('dw_taps', 'dw_taps_t', [0, 2, 1]), // [kH·kW, Ci, Co]
+      { opType: 'Concat', inputs: taps, outputs: ['dw_taps'], attributes: { axis: { int: 0 } } }, // [kH·kW, parts, Co, Ci]
+      { opType: 'ReduceSum', inputs: ['dw_taps', 'axis1'], outputs: ['dw_sum'], attributes: { keepdims: { int: 0 } } }, // [kH·kW, Co, Ci]
+      transposeNode('dw_sum', 'dw_taps_t', [0, 2, 1]), // [kH·kW, Ci, Co]
       { opType: 'Reshape', inputs: ['dw_taps_t', 'dw_shape'], outputs: ['dw'] }, // [kH, kW, Ci, Co]
     );
     return spec;
