@@ -139,14 +139,34 @@ function lowMemoryGradients(
 let stockGradients: EngineInternals['gradients'] | undefined;
 
 /**
+ * ReLU's gradient from its output instead of its input (y > 0 exactly where x > 0, NaN where x
+ * is NaN): the output is saved anyway as the next layer's input, so the pre-activation (a batch
+ * norm's output, one full activation per conv layer) no longer has to be kept for backprop; and
+ * no float32 → float32 Cast (a copy on wasm) of the mask. Same values as tfjs's own.
+ */
+function registerReluGradientFromOutput(): void {
+  tf.registerGradient({
+    kernelName: 'Relu',
+    outputsToSave: [true],
+    gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
+      const [y] = saved;
+      return { x: () => tf.mul(dy as tf.Tensor, tf.step(y)) };
+    },
+  });
+}
+
+/**
  * Makes tf.grads / tf.variableGrads / optimizer.minimize free gradients and saved tensors during
- * backprop (process-wide: the engine is). Returns false, changing nothing, on another tfjs-core
+ * backprop, and ReLU keep its output rather than its input (process-wide: the engine is). Returns false, changing nothing, on another tfjs-core
  * version than the one this was checked against. Safe to call more than once.
  */
 export function installLowMemoryGradients(): boolean {
   if (tf.version_core !== GRADIENTS_PINNED_CORE_VERSION) return false;
   const engine = tf.engine() as unknown as EngineInternals;
-  if (stockGradients === undefined) stockGradients = engine.gradients;
+  if (stockGradients === undefined) {
+    stockGradients = engine.gradients;
+    registerReluGradientFromOutput();
+  }
   engine.gradients = lowMemoryGradients as EngineInternals['gradients'];
   return true;
 }

@@ -74,6 +74,15 @@ describe('low-memory gradients', () => {
     tf.dispose([a, b, c]);
   });
 
+  it('take ReLU\'s gradient from its output: the mask of x > 0, NaN kept', () => {
+    installLowMemoryGradients();
+    const x = tf.tensor1d([-2, -0, 0, 0.5, 3, NaN]);
+    const dy = tf.tensor1d([1, 2, 3, 4, 5, 6]);
+    const [dx] = tf.grads((t: tf.Tensor) => tf.relu(t))([x], dy);
+    expect(Array.from(dx.dataSync())).toEqual([0, 0, 0, 4, 5, NaN]);
+    tf.dispose([x, dy, dx]);
+  });
+
   it('still take higher-order gradients', () => {
     installLowMemoryGradients();
     const x = tf.tensor1d([1, 2, -3]);
