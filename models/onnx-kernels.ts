@@ -497,8 +497,10 @@ function convGeometry(
 }
 
 /**
- * Conv2D and FusedConv2D: NHWC → NCHW transposes around ONNX Conv (bias as Conv's B input when it
- * is per channel), the activation applied back in NHWC (where a PReLU slope broadcasts as in tfjs).
+ * Conv2D and FusedConv2D: the blocked NCHWc convolution where the input channels allow it (a
+ * per-channel bias as the Conv's B input, a ReLU fused into it), else NHWC → NCHW transposes
+ * around ONNX Conv; other activations, and a bias that is not per channel, applied afterwards in
+ * NHWC (where a PReLU slope broadcasts as in tfjs).
  */
 function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', args: KernelArgs): TensorInfo {
   const { x, filter, bias, preluActivationWeights } = args.inputs as unknown as Record<string, TensorInfo | undefined>;
@@ -512,75 +514,66 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
   const { info, pads } = geometry;
   const outChannels = filter!.shape[3];
   const channelBias = bias !== undefined && bias.shape.length === 1 && bias.shape[0] === outChannels;
-  const key = `${kernelName}|${shapeKey(x, filter, bias, preluActivationWeights)}|s${info.strideHeight},${info.strideWidth}|d${info.dilationHeight},${info.dilationWidth}|p${pads}|${activation}|${alpha}`;
   const block = cache.blockSize();
   const route = blockedRoute(x!.shape[3], block);
-  const entry = cache.get(route === undefined ? key : `${key}|nchwc${block}`, () => {
-    if (route !== undefined) {
-      const spec: GraphSpec = {
-        nodes: [],
-        inputs: [
-          { name: 'x', shape: x!.shape },
-          { name: 'w', shape: filter!.shape },
-        ],
-        outputs: [{ name: 'y', shape: info.outShape }],
-        initializers: [],
-      };
-      if (bias !== undefined) spec.inputs.push({ name: 'b', shape: bias.shape });
-      if (preluActivationWeights !== undefined) spec.inputs.push({ name: 'slope', shape: preluActivationWeights.shape });
-      const fuseRelu = activation === 'relu' && (bias === undefined || channelBias);
-      const direct = fuseRelu || (activation === 'linear' && (bias === undefined || channelBias));
-      blockedConvNodes(
-        spec,
-        { input: 'x', filter: 'w', bias: channelBias ? 'b' : undefined, output: direct ? 'y' : 'y_conv' },
-        filter!.shape as [number, number, number, number],
-        {
-          kernel: [info.filterHeight, info.filterWidth],
-          strides: [info.strideHeight, info.strideWidth],
-          dilations: [info.dilationHeight, info.dilationWidth],
-          pads: [pads[0], pads[2], pads[1], pads[3]],
-          relu: fuseRelu,
-        },
-        route,
-        block,
-      );
-      if (!direct) {
-        let pre = 'y_conv';
-        if (bias !== undefined && !channelBias) {
-          spec.nodes.push({ opType: 'Add', inputs: ['y_conv', 'b'], outputs: ['y_biased'] });
-          pre = 'y_biased';
-        }
-        activationNodes(activation, pre, 'y', alpha, spec);
-      }
-      return spec;
-    }
+  const key = `${kernelName}|${shapeKey(x, filter, bias, preluActivationWeights)}|s${info.strideHeight},${info.strideWidth}|d${info.dilationHeight},${info.dilationWidth}|p${pads}|${activation}|${alpha}${route === undefined ? '' : `|nchwc${block}`}`;
+  const entry = cache.get(key, () => {
     const spec: GraphSpec = {
-      nodes: [transposeNode('x', 'x_nchw', NHWC_TO_NCHW), transposeNode('w', 'w_oihw', HWIO_TO_OIHW)],
+      nodes: [],
       inputs: [
         { name: 'x', shape: x!.shape },
         { name: 'w', shape: filter!.shape },
       ],
       outputs: [{ name: 'y', shape: info.outShape }],
+      initializers: [],
     };
     if (bias !== undefined) spec.inputs.push({ name: 'b', shape: bias.shape });
     if (preluActivationWeights !== undefined) spec.inputs.push({ name: 'slope', shape: preluActivationWeights.shape });
-    spec.nodes.push({
-      opType: 'Conv',
-      inputs: channelBias ? ['x_nchw', 'w_oihw', 'b'] : ['x_nchw', 'w_oihw'],
-      outputs: ['y_nchw'],
-      attributes: {
-        strides: { ints: [info.strideHeight, info.strideWidth] },
-        dilations: { ints: [info.dilationHeight, info.dilationWidth] },
-        pads: { ints: [pads[0], pads[2], pads[1], pads[3]] }, // ONNX: [top, left, bottom, right]
-      },
-    });
-    spec.nodes.push(transposeNode('y_nchw', 'y_nhwc', NCHW_TO_NHWC));
-    let pre = 'y_nhwc';
-    if (bias !== undefined && !channelBias) {
-      spec.nodes.push({ opType: 'Add', inputs: ['y_nhwc', 'b'], outputs: ['y_biased'] });
-      pre = 'y_biased';
+    const onlyChannelBias = bias === undefined || channelBias;
+    const fuseRelu = route !== undefined && activation === 'relu' && onlyChannelBias;
+    const convOnly = onlyChannelBias && (activation === 'linear' || fuseRelu); // nothing left to apply after the Conv
+    const convOut = convOnly ? 'y' : 'y_conv';
+    const onnxPads: [number, number, number, number] = [pads[0], pads[2], pads[1], pads[3]]; // ONNX: [top, left, bottom, right]
+    if (route !== undefined) {
+      blockedConvNodes(
+        spec,
+        { input: 'x', filter: 'w', bias: channelBias ? 'b' : undefined, output: convOut },
+        filter!.shape as [number, number, number, number],
+        {
+          kernel: [info.filterHeight, info.filterWidth],
+          strides: [info.strideHeight, info.strideWidth],
+          dilations: [info.dilationHeight, info.dilationWidth],
+          pads: onnxPads,
+          relu: fuseRelu,
+        },
+        route,
+        block,
+      );
+    } else {
+      spec.nodes.push(
+        transposeNode('x', 'x_nchw', NHWC_TO_NCHW),
+        transposeNode('w', 'w_oihw', HWIO_TO_OIHW),
+        {
+          opType: 'Conv',
+          inputs: channelBias ? ['x_nchw', 'w_oihw', 'b'] : ['x_nchw', 'w_oihw'],
+          outputs: ['y_nchw'],
+          attributes: {
+            strides: { ints: [info.strideHeight, info.strideWidth] },
+            dilations: { ints: [info.dilationHeight, info.dilationWidth] },
+            pads: { ints: onnxPads },
+          },
+        },
+        transposeNode('y_nchw', convOut, NCHW_TO_NHWC),
+      );
     }
-    activationNodes(activation, pre, 'y', alpha, spec);
+    if (!convOnly) {
+      let pre = convOut;
+      if (!onlyChannelBias) {
+        spec.nodes.push({ opType: 'Add', inputs: [convOut, 'b'], outputs: ['y_biased'] });
+        pre = 'y_biased';
+      }
+      activationNodes(activation, pre, 'y', alpha, spec);
+    }
     return spec;
   });
   const inputs = [x!, filter!];
