@@ -19,6 +19,12 @@ beforeAll(async () => {
     await sharp(px, { raw: { width: 32, height: 32, channels: 3 } }).jpeg({ quality: 90 }).toFile(p);
     paths.push(p);
   }
+  for (let k = 0; k < 2; k++) {
+    const px = Buffer.alloc(32 * 32 * 3);
+    for (let i = 0; i < px.length; i++) px[i] = (i * (k + 5) * 17) % 256;
+    // Progressive: plain by isPlainJpeg's header test, declined by the TypeScript baseline decoder.
+    await sharp(px, { raw: { width: 32, height: 32, channels: 3 } }).jpeg({ quality: 85, progressive: true }).toFile(join(dir, `prog${k}.jpg`));
+  }
   await writeFile(join(dir, 'bad.jpg'), 'not a jpeg');
 });
 afterAll(async () => {
@@ -39,13 +45,24 @@ describe('decodeBatch', () => {
     expect(received.pixels.length).toBe(4 * 32 * 32 * 3);
   });
 
-  it('the stacked plain-JPEG path gives exactly the per-image pipeline pixels', async () => {
+  it('the plain-JPEG path gives exactly the per-image pipeline pixels', async () => {
     for (const p of paths) expect(isPlainJpeg(await sharp(p).toBuffer(), 32)).toBe(true);
     const { pixels, errors } = unwrap(await decodeBatch({ paths, size: 32, maxInputPixels: 1e6 }));
     expect(errors).toEqual([null, null, null, null]);
     for (let k = 0; k < paths.length; k++) {
       const one = await sharp(paths[k]).autoOrient().resize(32, 32, { fit: 'cover' }).toColourspace('srgb').removeAlpha().raw().toBuffer();
       expect(Buffer.from(pixels.subarray(k * 3072, (k + 1) * 3072)).equals(one), `image ${k}`).toBe(true);
+    }
+  });
+
+  it('baseline files (TypeScript decoder) and progressive ones (stacked sharp call) mixed in a batch: the per-image pipeline pixels', async () => {
+    const mixed = [paths[0], join(dir, 'prog0.jpg'), paths[1], join(dir, 'prog1.jpg')];
+    for (const p of mixed) expect(isPlainJpeg(await sharp(p).toBuffer(), 32)).toBe(true);
+    const { pixels, errors } = unwrap(await decodeBatch({ paths: mixed, size: 32, maxInputPixels: 1e6 }));
+    expect(errors).toEqual([null, null, null, null]);
+    for (let k = 0; k < mixed.length; k++) {
+      const one = await sharp(mixed[k]).autoOrient().resize(32, 32, { fit: 'cover' }).toColourspace('srgb').removeAlpha().raw().toBuffer();
+      expect(Buffer.from(pixels.subarray(k * 3072, (k + 1) * 3072)).equals(one), mixed[k]).toBe(true);
     }
   });
 
