@@ -127,24 +127,24 @@ class HuffmanTable {
 }
 
 /**
- * Buffers reused from call to call, grown on demand: decoding is synchronous, so one set per
- * thread is enough, and each call writes what it reads (allocating them per image cost more than
- * the decoding of a 32×32 image). Buffers over SCRATCH_KEEP bytes are not kept, so that one large
- * image does not pin its planes.
+ * Buffers a caller reuses from call to call (one per thread: decoding is synchronous), grown on
+ * demand; each call writes what it reads. Allocating them per image cost more than decoding a
+ * 32×32 image, so the decode worker makes one per batch. Buffers over SCRATCH_KEEP bytes are not
+ * kept, so that one large image does not pin its planes.
  */
-const scratch = {
-  dc: [0, 1, 2, 3].map(() => new HuffmanTable()),
-  ac: [0, 1, 2, 3].map(() => new HuffmanTable()),
-  quant: [0, 1, 2, 3].map(() => new Int32Array(64)),
-  block: new Int32Array(64),
-  work: new Int32Array(64),
+export class JpegScratch {
+  readonly dc = [0, 1, 2, 3].map(() => new HuffmanTable());
+  readonly ac = [0, 1, 2, 3].map(() => new HuffmanTable());
+  readonly quant = [0, 1, 2, 3].map(() => new Int32Array(64));
+  readonly block = new Int32Array(64);
+  readonly work = new Int32Array(64);
   /** Entropy-coded data, unstuffed. */
-  data: new Uint8Array(0),
+  data = new Uint8Array(0);
   /** Sample planes of the three components. */
-  samples: new Uint8Array(0),
+  samples = new Uint8Array(0);
   /** Chroma column sums of one row, Cb then Cr. */
-  sums: new Uint16Array(0),
-};
+  sums = new Uint16Array(0);
+}
 const SCRATCH_KEEP = 1 << 22;
 
 interface Component {
@@ -180,7 +180,7 @@ const ascii = (b: Uint8Array, at: number, text: string) => {
  * sequential Huffman frame of three YCbCr components, h1v1/h2v1/h2v2 luma with 1×1 chroma, and a
  * single scan holding all three.
  */
-function readHeader(b: Uint8Array): Header | null {
+function readHeader(b: Uint8Array, scratch: JpegScratch): Header | null {
   const n = b.length;
   if (n < 4 || b[0] !== 0xff || b[1] !== 0xd8) return null;
   const quantDefined = [false, false, false, false];
@@ -318,7 +318,7 @@ function readHeader(b: Uint8Array): Header | null {
  * The entropy-coded data with byte stuffing removed, cut at the restart markers; null unless the
  * markers in it are RST0..7 in sequence and it ends with EOI.
  */
-function unstuff(b: Uint8Array, start: number): { data: Uint8Array; segmentEnds: number[] } | null {
+function unstuff(b: Uint8Array, start: number, scratch: JpegScratch): { data: Uint8Array; segmentEnds: number[] } | null {
   const n = b.length;
   let data = scratch.data;
   if (data.length < n - start) {
@@ -548,7 +548,7 @@ interface Planes {
 }
 
 /** Huffman-decodes the scan and runs the IDCT into sample planes; null for any inconsistency. */
-function decodeScan(bytes: Uint8Array, header: Header): Planes | null {
+function decodeScan(bytes: Uint8Array, header: Header, scratch: JpegScratch): Planes | null {
   const { width, height, components, quant, dc, ac, restartInterval } = header;
   const hMax = components[0].h;
   const vMax = components[0].v;
@@ -556,7 +556,7 @@ function decodeScan(bytes: Uint8Array, header: Header): Planes | null {
   const mcusY = Math.ceil(height / (8 * vMax));
   const mcuCount = mcusX * mcusY;
   const segmentCount = restartInterval === 0 ? 1 : Math.ceil(mcuCount / restartInterval);
-  const coded = unstuff(bytes, header.scanStart);
+  const coded = unstuff(bytes, header.scanStart, scratch);
   if (coded === null || coded.segmentEnds.length !== segmentCount) return null;
 
   const offsets: number[] = [];
@@ -667,7 +667,7 @@ function convertRowH2(y: Uint8Array, yAt: number, cbs: Uint16Array, crs: Uint16A
 }
 
 /** Upsamples the chroma planes as libjpeg does (edge rows and columns replicated) and converts. */
-function writeRgb(planes: Planes, header: Header, out: Uint8Array, offset: number): void {
+function writeRgb(planes: Planes, header: Header, out: Uint8Array, offset: number, scratch: JpegScratch): void {
   const { width, height } = header;
   const { samples, offsets, strides } = planes;
   const [yAt, cbAt, crAt] = offsets;
@@ -714,14 +714,22 @@ function writeRgb(planes: Planes, header: Header, out: Uint8Array, offset: numbe
  * to `out`, for anything it does not reproduce exactly: other sizes, progressive, lossless,
  * arithmetic or 12-bit coding, other than 3 components, RGB or CMYK colour, EXIF or ICC
  * segments, other sampling than 4:4:4/4:2:2/4:2:0, DNL, and corrupt or truncated data.
+ * Pass the same `scratch` to a run of calls to spare the allocation of its buffers each time.
  */
-export function decodeBaselineJpeg(bytes: Uint8Array, width: number, height: number, out: Uint8Array, offset: number): boolean {
+export function decodeBaselineJpeg(
+  bytes: Uint8Array,
+  width: number,
+  height: number,
+  out: Uint8Array,
+  offset: number,
+  scratch: JpegScratch = new JpegScratch(),
+): boolean {
   if (!Number.isInteger(width) || !Number.isInteger(height) || !Number.isInteger(offset)) return false;
   if (width < 1 || height < 1 || offset < 0 || offset + width * height * 3 > out.length) return false;
-  const header = readHeader(bytes);
+  const header = readHeader(bytes, scratch);
   if (header === null || header.width !== width || header.height !== height) return false;
-  const planes = decodeScan(bytes, header);
+  const planes = decodeScan(bytes, header, scratch);
   if (planes === null) return false;
-  writeRgb(planes, header, out, offset);
+  writeRgb(planes, header, out, offset, scratch);
   return true;
 }

@@ -4,7 +4,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import sharp, { type OutputInfo } from 'sharp';
-import { decodeBaselineJpeg } from '../data/jpeg-baseline.ts';
+import { decodeBaselineJpeg, JpegScratch } from '../data/jpeg-baseline.ts';
 
 // As the decode worker runs it: one libvips thread, no cache.
 sharp.concurrency(1);
@@ -33,6 +33,7 @@ let mismatched = 0;
 let sharpRefused = 0;
 let oursMs = 0;
 let sharpMs = 0;
+const scratch = new JpegScratch(); // reused over every file, as the decode worker does over a batch
 for (const path of jpegFiles(root)) {
   files++;
   const bytes = readFileSync(path);
@@ -50,7 +51,7 @@ for (const path of jpegFiles(root)) {
   const height = reference?.info.height ?? 32;
   const ours = new Uint8Array(width * height * 3);
   t = performance.now();
-  const accepted = decodeBaselineJpeg(bytes, width, height, ours, 0);
+  const accepted = decodeBaselineJpeg(bytes, width, height, ours, 0, scratch);
   oursMs += performance.now() - t;
   if (!accepted) refused++;
   else if (reference !== null && reference.info.channels === 3 && Buffer.from(ours.buffer).equals(reference.data)) identical++;
