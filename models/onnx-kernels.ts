@@ -304,6 +304,24 @@ function activationNodes(activation: Activation, input: string, output: string, 
   }
 }
 
+/**
+ * The tail of a fused kernel (tfjs's _FusedMatMul / FusedConv2D): `input` plus the graph input
+ * `bias` when `addBias`, then the activation, written to `output`.
+ */
+function biasActivationNodes(spec: GraphSpec, input: string, addBias: boolean, activation: Activation, alpha: number, output: string): void {
+  let pre = input;
+  if (addBias) {
+    spec.nodes.push({ opType: 'Add', inputs: [input, 'bias'], outputs: [`${input}_biased`] });
+    pre = `${input}_biased`;
+  }
+  activationNodes(activation, pre, output, alpha, spec);
+}
+
+/** A fused kernel's tensors in its graph's input order: the operands, then bias and PReLU slope where given. */
+function fusedInputs(operands: TensorInfo[], bias: TensorInfo | undefined, slope: TensorInfo | undefined): TensorInfo[] {
+  return [...operands, ...(bias === undefined ? [] : [bias]), ...(slope === undefined ? [] : [slope])];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blocked (NCHWc) convolutions
 //
@@ -444,19 +462,21 @@ function allFloat32(...infos: (TensorInfo | undefined)[]): boolean {
   return infos.every((i) => i === undefined || (i.dtype === 'float32' && i.shape.every((d) => d > 0)));
 }
 
-/** Allocates the output on the wasm heap, then takes all heap views (allocation may move the heap), then runs. */
-function runInto(
-  cache: SessionCache,
-  kernel: string,
-  backend: tf.KernelBackend,
-  entry: CachedSession,
-  inputs: TensorInfo[],
-): TensorInfo {
+/**
+ * Allocates the outputs on the wasm heap (tfjs shapes `outShapes`; the graph may view the same
+ * bytes in another shape), then takes all heap views (allocation may move the heap), then runs.
+ */
+function runIntoMany(cache: SessionCache, kernel: string, backend: tf.KernelBackend, entry: CachedSession, inputs: TensorInfo[], outShapes: number[][]): TensorInfo[] {
   const wasm = backend as WasmBackend;
-  const out = wasm.makeOutput(entry.outputs[0].shape as number[], 'float32');
+  const outs = outShapes.map((shape) => wasm.makeOutput(shape, 'float32'));
   const views = inputs.map((i) => wasm.typedArrayFromHeap(i) as Float32Array);
-  cache.run(kernel, entry, views, [wasm.typedArrayFromHeap(out) as Float32Array]);
-  return out;
+  cache.run(kernel, entry, views, outs.map((o) => wasm.typedArrayFromHeap(o) as Float32Array));
+  return outs;
+}
+
+/** runIntoMany for a graph with one output, in the graph's own shape. */
+function runInto(cache: SessionCache, kernel: string, backend: tf.KernelBackend, entry: CachedSession, inputs: TensorInfo[]): TensorInfo {
+  return runIntoMany(cache, kernel, backend, entry, inputs, [entry.outputs[0].shape as number[]])[0];
 }
 
 function shapeKey(...infos: (TensorInfo | undefined)[]): string {
@@ -527,7 +547,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
       outputs: [{ name: 'y', shape: info.outShape }],
       initializers: [],
     };
-    if (bias !== undefined) spec.inputs.push({ name: 'b', shape: bias.shape });
+    if (bias !== undefined) spec.inputs.push({ name: 'bias', shape: bias.shape });
     if (preluActivationWeights !== undefined) spec.inputs.push({ name: 'slope', shape: preluActivationWeights.shape });
     const onlyChannelBias = bias === undefined || channelBias;
     const fuseRelu = route !== undefined && activation === 'relu' && onlyChannelBias;
@@ -537,7 +557,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
     if (route !== undefined) {
       blockedConvNodes(
         spec,
-        { input: 'x', filter: 'w', bias: channelBias ? 'b' : undefined, output: convOut },
+        { input: 'x', filter: 'w', bias: channelBias ? 'bias' : undefined, output: convOut },
         filter!.shape as [number, number, number, number],
         {
           kernel: [info.filterHeight, info.filterWidth],
@@ -555,7 +575,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
         transposeNode('w', 'w_oihw', HWIO_TO_OIHW),
         {
           opType: 'Conv',
-          inputs: channelBias ? ['x_nchw', 'w_oihw', 'b'] : ['x_nchw', 'w_oihw'],
+          inputs: channelBias ? ['x_nchw', 'w_oihw', 'bias'] : ['x_nchw', 'w_oihw'],
           outputs: ['y_nchw'],
           attributes: {
             strides: { ints: [info.strideHeight, info.strideWidth] },
@@ -566,20 +586,10 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
         transposeNode('y_nchw', convOut, NCHW_TO_NHWC),
       );
     }
-    if (!convOnly) {
-      let pre = convOut;
-      if (!onlyChannelBias) {
-        spec.nodes.push({ opType: 'Add', inputs: [convOut, 'b'], outputs: ['y_biased'] });
-        pre = 'y_biased';
-      }
-      activationNodes(activation, pre, 'y', alpha, spec);
-    }
+    if (!convOnly) biasActivationNodes(spec, convOut, !onlyChannelBias, activation, alpha, 'y');
     return spec;
   });
-  const inputs = [x!, filter!];
-  if (bias !== undefined) inputs.push(bias);
-  if (preluActivationWeights !== undefined) inputs.push(preluActivationWeights);
-  return runInto(cache, kernelName, args.backend, entry, inputs);
+  return runInto(cache, kernelName, args.backend, entry, fusedInputs([x!, filter!], bias, preluActivationWeights));
 }
 
 /**
@@ -818,31 +828,15 @@ function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul',
       right = 'b_t';
     }
     spec.nodes.push({ opType: 'MatMul', inputs: [left, right], outputs: ['ab'] });
-    let pre = 'ab';
-    if (bias !== undefined) {
-      spec.nodes.push({ opType: 'Add', inputs: ['ab', 'bias'], outputs: ['ab_biased'] });
-      pre = 'ab_biased';
-    }
-    activationNodes(activation, pre, 'y', alpha, spec);
+    biasActivationNodes(spec, 'ab', bias !== undefined, activation, alpha, 'y');
     return spec;
   });
-  const inputs = [a!, b!];
-  if (bias !== undefined) inputs.push(bias);
-  if (preluActivationWeights !== undefined) inputs.push(preluActivationWeights);
-  return runInto(cache, kernelName, args.backend, entry, inputs);
+  return runInto(cache, kernelName, args.backend, entry, fusedInputs([a!, b!], bias, preluActivationWeights));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Batch normalisation (training mode), forward and backward as one graph each
 
-/** Multi-output runInto: allocates every output first, then takes the heap views, then runs. */
-function runIntoMany(cache: SessionCache, kernel: string, backend: tf.KernelBackend, entry: CachedSession, inputs: TensorInfo[], outShapes: number[][]): TensorInfo[] {
-  const wasm = backend as WasmBackend;
-  const outs = outShapes.map((shape) => wasm.makeOutput(shape, 'float32'));
-  const views = inputs.map((i) => wasm.typedArrayFromHeap(i) as Float32Array);
-  cache.run(kernel, entry, views, outs.map((o) => wasm.typedArrayFromHeap(o) as Float32Array));
-  return outs;
-}
 
 /**
  * The [R, C] data read as [R/k, k·C] rows about WIDE_ROW floats wide: onnxruntime's broadcasting
