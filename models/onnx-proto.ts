@@ -229,12 +229,8 @@ export function encodeModel(model: OnnxModel): Uint8Array {
   w.int(1, model.irVersion ?? 8); // ir_version
   w.string(2, model.producer ?? 'simclr-pipeline'); // producer_name
   w.message(7, (m) => writeGraph(m, model.graph)); // graph
-  w.message(8, (m) => {
-    // opset_import: OperatorSetIdProto { domain: '' (ai.onnx), version }
-    m.string(1, '');
-    m.int(2, model.opset);
-  });
-  for (const { domain, version } of model.extraOpsets ?? []) {
+  // opset_import: OperatorSetIdProto { domain, version }, the default domain '' (ai.onnx) first
+  for (const { domain, version } of [{ domain: '', version: model.opset }, ...(model.extraOpsets ?? [])]) {
     w.message(8, (m) => {
       m.string(1, domain);
       m.int(2, version);
