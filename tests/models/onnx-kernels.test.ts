@@ -372,7 +372,10 @@ describe('ResNet-20 training', () => {
 
   it('gives the same 20-step loss curve as wasm from the same initial weights', async () => {
     expect(await tf.setBackend('wasm')).toBe(true);
-    const { model } = buildEncoder({ name: 'resnet20', inputSize: 16 });
+    // Seeded, so the test is the same every run: over 12 unseeded initialisations the step 0–1
+    // difference was ≤ 4.4e-7 relative in 11 and 1.5e-5 in one (onnxruntime's fused batch norm
+    // sums in another order than wasm's composed one), which made the test fail now and then.
+    const { model } = buildEncoder({ name: 'resnet20', inputSize: 16, seed: 2 });
     // Built once; the initial weights are copied so both runs start from the same point.
     const initial = model.getWeights().map((w) => w.clone());
     try {
@@ -386,8 +389,8 @@ describe('ResNet-20 training', () => {
       // Step 0 is the forward pass from the shared weights and step 1 follows one update: both
       // agree to float rounding (the gradient test above checks every weight's gradient). Later
       // a ReLU or a batch-norm statistic over few values tips differently and the curves part a
-      // little (wasm and onnxruntime sum in different orders): measured 4e-5 relative by step 3
-      // and up to 1e-3 by step 20, depending on the (unseeded) initial weights.
+      // little (wasm and onnxruntime sum in different orders): up to 2.6e-3 relative by step 20
+      // over 12 seeds.
       expectTensorClose(onOrt.slice(0, 2), onWasm.slice(0, 2), { atol: 1e-6, rtol: 1e-5 });
       expectTensorClose(onOrt, onWasm, { atol: 1e-5, rtol: 5e-3 });
     } finally {
