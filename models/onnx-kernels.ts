@@ -16,7 +16,6 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './batch-norm.ts';
 import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './onnx-proto.ts';
 
 export const ONNX_BACKEND_NAME = 'onnxruntime';
@@ -838,147 +837,6 @@ function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul',
 // Batch normalisation (training mode), forward and backward as one graph each
 
 
-/**
- * The [R, C] data read as [R/k, k·C] rows about WIDE_ROW floats wide: onnxruntime's broadcasting
- * and reductions are fast along long rows and slow on ResNet's 16-channel ones (measured: the
- * batch-norm graphs took 3× longer than wasm's single-threaded passes on [R, 16]). Per-channel
- * vectors are tiled k times to match; channel sums reduce [k·C] → [k, C] → [C].
- */
-const WIDE_ROW = 2048;
-
-function widening(rows: number, channels: number): number {
-  let k = Math.max(1, Math.floor(WIDE_ROW / channels));
-  while (rows % k !== 0) k--;
-  return k;
-}
-
-/** Nodes: `out` [C] = Σ over the rows of `input` [R/k, k·C], per channel. */
-function channelSumNodes(spec: GraphSpec, input: string, out: string): void {
-  spec.nodes.push(
-    { opType: 'ReduceSum', inputs: [input, 'axis0'], outputs: [`${out}_wide`], attributes: { keepdims: { int: 0 } } },
-    { opType: 'Reshape', inputs: [`${out}_wide`, 'k_by_c'], outputs: [`${out}_k`] },
-    { opType: 'ReduceSum', inputs: [`${out}_k`, 'axis0'], outputs: [out], attributes: { keepdims: { int: 0 } } },
-  );
-}
-
-/** Nodes: `out` [k·C] = the per-channel `input` [C] repeated k times. */
-function tileNodes(spec: GraphSpec, input: string, out: string): void {
-  spec.nodes.push({ opType: 'Tile', inputs: [input, 'k_repeats'], outputs: [out] });
-}
-
-function wideInitializers(k: number, channels: number): OnnxTensor[] {
-  return [onnxTensor.int64('axis0', [0]), onnxTensor.int64('k_by_c', [k, channels]), onnxTensor.int64('k_repeats', [k])];
-}
-
-/**
- * x [..., C] (statistics over every leading axis), gamma, beta → y, batch mean, biased batch
- * variance, 1/√(var + ε): the same arithmetic as batchNormTraining's composed path.
- */
-function batchNormForward(cache: SessionCache, args: KernelArgs): TensorInfo[] {
-  const { x, gamma, beta } = args.inputs as unknown as Record<string, TensorInfo>;
-  const { epsilon } = args.attrs as unknown as { epsilon: number };
-  const channels = x.shape[x.shape.length - 1];
-  const rows = tf.util.sizeFromShape(x.shape) / channels;
-  const k = widening(rows, channels);
-  const entry = cache.get(`${BATCH_NORM_FORWARD}|${rows}x${channels}|e${epsilon}`, () => {
-    const spec: GraphSpec = {
-      nodes: [],
-      inputs: [
-        { name: 'x', shape: [rows / k, k * channels] },
-        { name: 'gamma', shape: [channels] },
-        { name: 'beta', shape: [channels] },
-      ],
-      outputs: [
-        { name: 'y', shape: [rows / k, k * channels] },
-        { name: 'mean', shape: [channels] },
-        { name: 'variance', shape: [channels] },
-        { name: 'inv_std', shape: [channels] },
-      ],
-      initializers: [...wideInitializers(k, channels), onnxTensor.float('epsilon', [epsilon], []), onnxTensor.float('inv_n', [1 / rows], [])],
-    };
-    channelSumNodes(spec, 'x', 'sum_x');
-    spec.nodes.push({ opType: 'Mul', inputs: ['sum_x', 'inv_n'], outputs: ['mean'] });
-    tileNodes(spec, 'mean', 'mean_wide');
-    spec.nodes.push(
-      { opType: 'Sub', inputs: ['x', 'mean_wide'], outputs: ['centered'] },
-      { opType: 'Mul', inputs: ['centered', 'centered'], outputs: ['squared'] },
-    );
-    channelSumNodes(spec, 'squared', 'sum_sq');
-    spec.nodes.push(
-      { opType: 'Mul', inputs: ['sum_sq', 'inv_n'], outputs: ['variance'] },
-      { opType: 'Add', inputs: ['variance', 'epsilon'], outputs: ['var_eps'] },
-      { opType: 'Sqrt', inputs: ['var_eps'], outputs: ['std'] },
-      { opType: 'Reciprocal', inputs: ['std'], outputs: ['inv_std'] },
-      { opType: 'Mul', inputs: ['gamma', 'inv_std'], outputs: ['scale'] },
-    );
-    tileNodes(spec, 'scale', 'scale_wide');
-    tileNodes(spec, 'beta', 'beta_wide');
-    spec.nodes.push(
-      { opType: 'Mul', inputs: ['centered', 'scale_wide'], outputs: ['scaled'] },
-      { opType: 'Add', inputs: ['scaled', 'beta_wide'], outputs: ['y'] },
-    );
-    return spec;
-  });
-  return runIntoMany(cache, BATCH_NORM_FORWARD, args.backend, entry, [x, gamma, beta], [x.shape, [channels], [channels], [channels]]);
-}
-
-/**
- * dy, x, mean, invStd, gamma → dx, dγ, dβ with x̂ = (x − μ)·invStd, N = R:
- *   dβ = Σ dy,  dγ = Σ dy·x̂,  dx = γ·invStd·(dy − dβ/N − x̂·dγ/N)  
- */
-function batchNormBackward(cache: SessionCache, args: KernelArgs): TensorInfo[] {
-  const { dy, x, mean, invStd, gamma } = args.inputs as unknown as Record<string, TensorInfo>;
-  const channels = x.shape[x.shape.length - 1];
-  const rows = tf.util.sizeFromShape(x.shape) / channels;
-  const k = widening(rows, channels);
-  const entry = cache.get(`${BATCH_NORM_BACKWARD}|${rows}x${channels}`, () => {
-    const wide = [rows / k, k * channels];
-    const spec: GraphSpec = {
-      nodes: [],
-      inputs: [
-        { name: 'dy', shape: wide },
-        { name: 'x', shape: wide },
-        { name: 'mean', shape: [channels] },
-        { name: 'inv_std', shape: [channels] },
-        { name: 'gamma', shape: [channels] },
-      ],
-      outputs: [
-        { name: 'dx', shape: wide },
-        { name: 'd_gamma', shape: [channels] },
-        { name: 'd_beta', shape: [channels] },
-      ],
-      initializers: [...wideInitializers(k, channels), onnxTensor.float('minus_inv_n', [-1 / rows], [])],
-    };
-    tileNodes(spec, 'mean', 'mean_wide');
-    tileNodes(spec, 'inv_std', 'inv_std_wide');
-    spec.nodes.push(
-      { opType: 'Sub', inputs: ['x', 'mean_wide'], outputs: ['centered'] },
-      { opType: 'Mul', inputs: ['centered', 'inv_std_wide'], outputs: ['x_hat'] },
-      { opType: 'Mul', inputs: ['dy', 'x_hat'], outputs: ['dy_x_hat'] },
-    );
-    channelSumNodes(spec, 'dy', 'd_beta');
-    channelSumNodes(spec, 'dy_x_hat', 'd_gamma');
-    // dx = dy·a + x̂·c + b with a = γ·invStd, b = −a·dβ/N, c = −a·dγ/N (all per channel)
-    spec.nodes.push(
-      { opType: 'Mul', inputs: ['gamma', 'inv_std'], outputs: ['a'] },
-      { opType: 'Mul', inputs: ['a', 'minus_inv_n'], outputs: ['a_n'] },
-      { opType: 'Mul', inputs: ['a_n', 'd_beta'], outputs: ['b'] },
-      { opType: 'Mul', inputs: ['a_n', 'd_gamma'], outputs: ['c'] },
-    );
-    tileNodes(spec, 'a', 'a_wide');
-    tileNodes(spec, 'b', 'b_wide');
-    tileNodes(spec, 'c', 'c_wide');
-    spec.nodes.push(
-      { opType: 'Mul', inputs: ['dy', 'a_wide'], outputs: ['dy_a'] },
-      { opType: 'Mul', inputs: ['x_hat', 'c_wide'], outputs: ['x_hat_c'] },
-      { opType: 'Add', inputs: ['dy_a', 'x_hat_c'], outputs: ['dx_partial'] },
-      { opType: 'Add', inputs: ['dx_partial', 'b_wide'], outputs: ['dx'] },
-    );
-    return spec;
-  });
-  return runIntoMany(cache, BATCH_NORM_BACKWARD, args.backend, entry, [dy, x, mean, invStd, gamma], [x.shape, [channels], [channels]]);
-}
-
 /** The kernels run by onnxruntime; every other kernel of the backend is wasm's own. */
 export const DELEGATED_KERNELS = [
   'Conv2D',
@@ -1076,14 +934,6 @@ export function registerOnnxruntimeBackend(options: OnnxKernelOptions = {}): Onn
   for (const name of DELEGATED_KERNELS) {
     if (tf.getKernel(name, ONNX_BACKEND_NAME) !== undefined) tf.unregisterKernel(name, ONNX_BACKEND_NAME);
     tf.registerKernel({ kernelName: name, backendName: ONNX_BACKEND_NAME, kernelFunc: delegatedKernel(cache, name) });
-  }
-  const batchNorm: [string, (c: SessionCache, a: KernelArgs) => TensorInfo[]][] = [
-    [BATCH_NORM_FORWARD, batchNormForward],
-    [BATCH_NORM_BACKWARD, batchNormBackward],
-  ];
-  for (const [name, kernel] of batchNorm) {
-    if (tf.getKernel(name, ONNX_BACKEND_NAME) !== undefined) tf.unregisterKernel(name, ONNX_BACKEND_NAME);
-    tf.registerKernel({ kernelName: name, backendName: ONNX_BACKEND_NAME, kernelFunc: ((args: KernelArgs) => kernel(cache, args)) as unknown as tf.KernelFunc });
   }
   registered = {
     name: ONNX_BACKEND_NAME,

@@ -3,6 +3,8 @@
 import * as tf from '@tensorflow/tfjs';
 // Imported for its side effect: wasm's own kernels must be registered before ours replace one.
 import '@tensorflow/tfjs-backend-wasm';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './batch-norm.ts';
+import { wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.ts';
 
 type TensorInfo = tf.TensorInfo;
 type Backend = tf.KernelBackend;
@@ -310,6 +312,8 @@ const TRAINING_KERNELS: tf.KernelConfig[] = [
   { kernelName: 'Conv2DBackpropFilter', backendName: BACKEND, kernelFunc: conv2DBackpropFilter as unknown as tf.KernelFunc },
   { kernelName: 'Conv2DBackpropInput', backendName: BACKEND, kernelFunc: conv2DBackpropInput as unknown as tf.KernelFunc },
   { kernelName: 'Tile', backendName: BACKEND, kernelFunc: tile as unknown as tf.KernelFunc },
+  { kernelName: BATCH_NORM_FORWARD, backendName: BACKEND, kernelFunc: wasmBatchNormForward as unknown as tf.KernelFunc },
+  { kernelName: BATCH_NORM_BACKWARD, backendName: BACKEND, kernelFunc: wasmBatchNormBackward as unknown as tf.KernelFunc },
 ];
 
 /**

@@ -177,6 +177,9 @@ describe('BatchNorm matches tf.layers.batchNormalization', () => {
       { shape: [3, 5, 7, 4], training: true },
       { shape: [3, 5, 7, 4], training: false },
       { shape: [6, 4], training: true },
+      { shape: [4, 9, 9, 8], training: true }, // 324 rows: past the SIMD loops' 128-row blocks
+      { shape: [3, 5, 7, 6], training: true }, // 6 channels: the plain (non-SIMD) loops on wasm
+      { shape: [5, 10], training: true },
     ])('shape $shape, training $training: output, gradients and moving statistics', async ({ shape, training }) => {
       await tf.setBackend(backend);
       const channels = shape[shape.length - 1];

@@ -1,8 +1,10 @@
-// Parity of the wasm training kernels (convolution gradients, Tile) with the cpu backend, with
+// Parity of the wasm training kernels (convolution gradients, Tile; batch norm is checked in
+// resnet.test.ts against tf.layers.batchNormalization) with the cpu backend, with
 // float64 finite differences of a plain-JS convolution, and checks that they leak nothing.
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { BatchNorm } from '../../models/batch-norm.ts';
 import { registerWasmTrainingKernels } from '../../models/wasm-kernels.ts';
 import { expectTensorClose, seededValues } from '../helpers.ts';
 
@@ -212,5 +214,23 @@ describe('registration and memory', () => {
     expect(tf.memory().numTensors).toBe(tensors);
     expect(tf.engine().backend.numDataIds()).toBe(buffers);
     tf.dispose([x, w]);
+  });
+
+  it('training batch norm leaves no tensors and no wasm buffers behind', async () => {
+    await tf.setBackend('wasm');
+    const layer = new BatchNorm();
+    const x = tf.tensor4d(seededValues(2 * 5 * 5 * 8, 9), [2, 5, 5, 8]);
+    const run = (): void => {
+      const [dx] = tf.grads((a: tf.Tensor) => tf.sum(layer.apply(a, { training: true }) as tf.Tensor))([x]);
+      dx.dispose();
+    };
+    run(); // builds the layer's weights
+    const tensors = tf.memory().numTensors;
+    const buffers = tf.engine().backend.numDataIds();
+    for (let i = 0; i < 3; i++) run();
+    expect(tf.memory().numTensors).toBe(tensors);
+    expect(tf.engine().backend.numDataIds()).toBe(buffers);
+    x.dispose();
+    for (const w of layer.weights) (w as unknown as { dispose(): void }).dispose();
   });
 });

@@ -1,0 +1,84 @@
+// The hand-assembled WebAssembly SIMD row loops (models/wasm-simd.ts) against float64 loops in
+// plain JS, on row counts around their 128-row blocks and several channel counts.
+import { describe, expect, it } from 'vitest';
+import { newWasmMemory, simdModuleValidates, simdRowKernels } from '../../models/wasm-simd.ts';
+import { expectTensorClose, seededValues } from '../helpers.ts';
+
+it('the module validates', () => {
+  expect(simdModuleValidates()).toBe(true);
+});
+
+describe.each([
+  { rows: 1, channels: 4 },
+  { rows: 127, channels: 16 },
+  { rows: 128, channels: 8 },
+  { rows: 129, channels: 20 },
+  { rows: 1000, channels: 64 },
+])('$rows rows × $channels channels', ({ rows, channels }) => {
+  const n = rows * channels;
+  const memory = newWasmMemory(Math.ceil((4 * (3 * n + 16 * channels)) / 65536) + 1);
+  const k = simdRowKernels(memory);
+  const f32 = new Float32Array(memory.buffer);
+  // Byte offsets: three [rows, C] operands, then per-channel vectors. Data has a large mean, as
+  // activations after a ReLU do, so a loop that did not centre would show.
+  const [P, Q, OUT] = [0, 1, 2].map((i) => i * n * 4);
+  const vector = (i: number): number => 3 * n * 4 + i * channels * 4;
+  const view = (byteOffset: number, length: number): Float32Array => f32.subarray(byteOffset / 4, byteOffset / 4 + length);
+  const p = Float32Array.from(seededValues(n, 1), (v) => 3 * v + 2);
+  const q = Float32Array.from(seededValues(n, 2), (v) => 2 * v - 1);
+  const vecs = [3, 4, 5, 6].map((seed) => seededValues(channels, seed));
+  const reset = (): void => {
+    f32.fill(Number.NaN); // what a loop fails to write shows
+    view(P, n).set(p);
+    view(Q, n).set(q);
+    vecs.forEach((v, i) => view(vector(i), channels).set(v));
+  };
+  const sums = (value: (i: number, c: number) => number): Float64Array => {
+    const out = new Float64Array(channels);
+    for (let i = 0; i < n; i++) out[i % channels] += value(i, i % channels);
+    return out;
+  };
+  const map = (value: (i: number, c: number) => number): Float64Array => Float64Array.from({ length: n }, (_, i) => value(i, i % channels));
+  const tol = { atol: 1e-5, rtol: 1e-5 };
+
+  it('sum', () => {
+    reset();
+    k.sum(rows, channels * 4, P, vector(4), vector(5));
+    expectTensorClose(view(vector(4), channels), sums((i) => p[i]), tol);
+  });
+
+  it('sum_squared_deviation', () => {
+    reset();
+    k.sum_squared_deviation(rows, channels * 4, P, vector(0), vector(4), vector(5));
+    expectTensorClose(view(vector(4), channels), sums((i, c) => (p[i] - vecs[0][c]) ** 2), tol);
+  });
+
+  it('affine and affine_relu', () => {
+    reset();
+    k.affine(rows, channels * 4, P, OUT, vector(0), vector(1), vector(2));
+    const y = map((i, c) => (p[i] - vecs[0][c]) * vecs[1][c] + vecs[2][c]);
+    expectTensorClose(view(OUT, n), y, tol);
+    expect(Array.from(view(P, n))).toEqual(Array.from(p)); // inputs untouched
+    k.affine_relu(rows, channels * 4, P, OUT, vector(0), vector(1), vector(2));
+    expectTensorClose(view(OUT, n), y.map((v) => Math.max(v, 0)), tol);
+  });
+
+  it('sum_and_sum_product', () => {
+    reset();
+    k.sum_and_sum_product(rows, channels * 4, P, Q, vector(0), vector(4), vector(5), vector(6), vector(7));
+    expectTensorClose(view(vector(4), channels), sums((i) => p[i]), tol);
+    expectTensorClose(view(vector(5), channels), sums((i, c) => p[i] * (q[i] - vecs[0][c])), tol);
+  });
+
+  it('affine2', () => {
+    reset();
+    k.affine2(rows, channels * 4, P, Q, OUT, vector(0), vector(1), vector(2), vector(3));
+    expectTensorClose(view(OUT, n), map((i, c) => vecs[0][c] * p[i] + vecs[1][c] * (q[i] - vecs[2][c]) + vecs[3][c]), tol);
+  });
+});
+
+it('one instance per memory', () => {
+  const memory = newWasmMemory(1);
+  expect(simdRowKernels(memory)).toBe(simdRowKernels(memory));
+  expect(simdRowKernels(newWasmMemory(1))).not.toBe(simdRowKernels(memory));
+});
