@@ -352,7 +352,10 @@ describe('ResNet-20 training', () => {
 
   it('gives every weight the same gradient as wasm (one forward + backward pass)', async () => {
     expect(await tf.setBackend('wasm')).toBe(true);
-    const { model } = buildEncoder({ name: 'resnet20', inputSize: 16 });
+    // Seeded, so the test is the same every run: unseeded it failed now and then (seeds 1–8: 7
+    // pass, one has a weight off by 1.6e-3 relative; a ReLU or a statistic over the 4×4×4 values
+    // of the last stage tips differently when wasm and onnxruntime sum in different orders).
+    const { model } = buildEncoder({ name: 'resnet20', inputSize: 16, seed: 3 });
     const x = seededValues(4 * 16 * 16 * 3, 27);
     const gradsOn = async (backend: Backend): Promise<Float32Array[]> => {
       expect(await tf.setBackend(backend)).toBe(true);
