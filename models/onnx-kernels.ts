@@ -478,6 +478,55 @@ function runInto(cache: SessionCache, kernel: string, backend: tf.KernelBackend,
   return runIntoMany(cache, kernel, backend, entry, inputs, [entry.outputs[0].shape as number[]])[0];
 }
 
+/**
+ * Largest output one native run writes. onnxruntime-node copies every output into a fresh
+ * ArrayBuffer (even a preallocated one); past glibc's 32 MiB mmap ceiling each of those is a new
+ * mapping, faulted in page by page and unmapped again (8,193 faults per 32 MiB output). ResNet-20
+ * at batch 512 (SimCLR batch 256, two views), interleaved A/B: 3.47 s per step with outputs of at
+ * most 8 MiB, 4.00 s without (2 MiB: no better than whole); neutral at batch 256.
+ */
+const MAX_OUTPUT_BYTES = 8 << 20;
+
+/**
+ * runInto for a graph that treats each image on its own (a convolution, its input gradient):
+ * when the output would pass MAX_OUTPUT_BYTES, the same graph built for a slice of the batch
+ * runs on consecutive slices of the first input (views of the heap) into consecutive slices of
+ * the output; the other inputs (filter, per-channel bias) are passed whole to every run.
+ */
+function runPerImage(
+  cache: SessionCache,
+  kernel: string,
+  backend: tf.KernelBackend,
+  { key, build, inputs, outShape }: { key: string; build: () => GraphSpec; inputs: TensorInfo[]; outShape: number[] },
+): TensorInfo {
+  const batch = outShape[0];
+  const imageFloats = tf.util.sizeFromShape(outShape) / batch;
+  let slice = batch;
+  while (slice > 1 && slice * imageFloats * 4 > MAX_OUTPUT_BYTES) slice--;
+  while (batch % slice !== 0) slice--;
+  const batchSized = inputs.slice(1).some((i) => i.shape.length === 4 && i.shape[0] === batch);
+  if (slice === batch || batchSized) return runInto(cache, kernel, backend, cache.get(key, build), inputs);
+  const entry = cache.get(`${key}|batch${slice}`, () => {
+    const spec = build();
+    const withBatch = (shape: readonly number[]): number[] => [slice, ...shape.slice(1)];
+    return {
+      ...spec,
+      inputs: spec.inputs.map((input, i) => (i === 0 ? { ...input, shape: withBatch(input.shape) } : input)),
+      outputs: [{ ...spec.outputs[0], shape: withBatch(spec.outputs[0].shape) }],
+    };
+  });
+  const wasm = backend as WasmBackend;
+  const out = wasm.makeOutput(outShape, 'float32');
+  const views = inputs.map((i) => wasm.typedArrayFromHeap(i) as Float32Array);
+  const outView = wasm.typedArrayFromHeap(out) as Float32Array;
+  const inFloats = views[0].length / batch;
+  for (let start = 0; start < batch; start += slice) {
+    const first = views[0].subarray(start * inFloats, (start + slice) * inFloats);
+    cache.run(kernel, entry, [first, ...views.slice(1)], [outView.subarray(start * imageFloats, (start + slice) * imageFloats)]);
+  }
+  return out;
+}
+
 function shapeKey(...infos: (TensorInfo | undefined)[]): string {
   return infos.map((i) => (i === undefined ? '-' : i.shape.join('x'))).join(',');
 }
@@ -536,7 +585,7 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
   const block = cache.blockSize();
   const route = blockedRoute(x!.shape[3], block);
   const key = `${kernelName}|${shapeKey(x, filter, bias, preluActivationWeights)}|s${info.strideHeight},${info.strideWidth}|d${info.dilationHeight},${info.dilationWidth}|p${pads}|${activation}|${alpha}${route === undefined ? '' : `|nchwc${block}`}`;
-  const entry = cache.get(key, () => {
+  const build = (): GraphSpec => {
     const spec: GraphSpec = {
       nodes: [],
       inputs: [
@@ -587,8 +636,8 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
     }
     if (!convOnly) biasActivationNodes(spec, convOut, !onlyChannelBias, activation, alpha, 'y');
     return spec;
-  });
-  return runInto(cache, kernelName, args.backend, entry, fusedInputs([x!, filter!], bias, preluActivationWeights));
+  };
+  return runPerImage(cache, kernelName, args.backend, { key, build, inputs: fusedInputs([x!, filter!], bias, preluActivationWeights), outShape: info.outShape });
 }
 
 /**
@@ -618,7 +667,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
     const block = cache.blockSize();
     const route = blockedRoute(outChannels, block); // dy, with the filter's output channels, is the input here
     if (route !== undefined) {
-      const entry = cache.get(`${key}|nchwc${block}`, () => {
+      const build = (): GraphSpec => {
         const spec: GraphSpec = {
           nodes: [
             { opType: 'Slice', inputs: ['w', 'flip_starts', 'flip_ends', 'flip_axes', 'flip_steps'], outputs: ['w_flipped'] },
@@ -651,10 +700,10 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
           block,
         );
         return spec;
-      });
-      return runInto(cache, 'Conv2DBackpropInput', args.backend, entry, [dy, filter]);
+      };
+      return runPerImage(cache, 'Conv2DBackpropInput', args.backend, { key: `${key}|nchwc${block}`, build, inputs: [dy, filter], outShape: attrs.inputShape });
     }
-    const entry = cache.get(key, () => ({
+    const build = (): GraphSpec => ({
       nodes: [
         transposeNode('dy', 'dy_nchw', NHWC_TO_NCHW),
         { opType: 'Slice', inputs: ['w', 'flip_starts', 'flip_ends', 'flip_axes', 'flip_steps'], outputs: ['w_flipped'] },
@@ -678,10 +727,10 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
         onnxTensor.int64('flip_axes', [0, 1]),
         onnxTensor.int64('flip_steps', [-1, -1]),
       ],
-    }));
-    return runInto(cache, 'Conv2DBackpropInput', args.backend, entry, [dy, filter]);
+    });
+    return runPerImage(cache, 'Conv2DBackpropInput', args.backend, { key, build, inputs: [dy, filter], outShape: attrs.inputShape });
   }
-  const entry = cache.get(key, () => ({
+  const build = (): GraphSpec => ({
     nodes: [
       transposeNode('dy', 'dy_nchw', NHWC_TO_NCHW),
       transposeNode('w', 'w_oihw', HWIO_TO_OIHW),
@@ -702,8 +751,8 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
       { name: 'w', shape: filter.shape },
     ],
     outputs: [{ name: 'dx', shape: attrs.inputShape }],
-  }));
-  return runInto(cache, 'Conv2DBackpropInput', args.backend, entry, [dy, filter]);
+  });
+  return runPerImage(cache, 'Conv2DBackpropInput', args.backend, { key, build, inputs: [dy, filter], outShape: attrs.inputShape });
 }
 
 /**

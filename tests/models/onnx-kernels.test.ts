@@ -209,6 +209,27 @@ describe.each([
   });
 });
 
+describe('convolutions with outputs over 8 MiB run in slices of the batch', () => {
+  it('Conv2D and its input gradient match wasm, two native runs each', async () => {
+    const xShape = [34, 64, 64, 16]; // output 8.9 MB: two slices of 17 images
+    const f = (): tf.Tensor[] => {
+      const x = rand(xShape, 51) as tf.Tensor4D;
+      const w = rand([3, 3, 16, 16], 52) as tf.Tensor4D;
+      const r = rand(xShape, 53);
+      const y = tf.conv2d(x, w, 1, 'same');
+      const [dx] = tf.grads((a: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, w, 1, 'same'), r)))([x]);
+      return [y, dx];
+    };
+    const expected = await on('wasm', f);
+    const before = ort.stats().runs;
+    const actual = await on('onnxruntime', f);
+    const after = ort.stats().runs;
+    expect((after.Conv2D ?? 0) - (before.Conv2D ?? 0)).toBe(4); // y, and again inside tf.grads
+    expect((after.Conv2DBackpropInput ?? 0) - (before.Conv2DBackpropInput ?? 0)).toBe(2);
+    actual.forEach((a, i) => expectTensorClose(a.data, expected[i].data, { atol: 1e-4, rtol: 1e-4 }));
+  });
+});
+
 describe('fused training batch norm (wasm\'s SIMD kernels, shared by onnxruntime)', () => {
   it.each([
     [[4, 5, 3, 6]],
