@@ -1,7 +1,14 @@
 #!/usr/bin/env node
-// The `pipeline` command: loads the TypeScript CLI through tsx (no build step needed).
+// The `pipeline` command: loads the TypeScript CLI through tsx (no build step needed), in a child
+// process with glibc malloc settings where they apply (bin/malloc-tuning.mjs).
 import { register } from 'tsx/esm/api';
+import { runTunedChild } from './malloc-tuning.mjs';
 
-register();
-const { main } = await import('../pipeline/cli.ts');
-process.exitCode = await main(process.argv.slice(2));
+const childCode = await runTunedChild();
+if (childCode !== undefined) {
+  process.exitCode = childCode;
+} else {
+  register();
+  const { main } = await import('../pipeline/cli.ts');
+  process.exitCode = await main(process.argv.slice(2));
+}
