@@ -16,6 +16,7 @@
 // twice on Ctrl-C, and a second SIGINT makes the pipeline exit without its checkpoint): stop a
 // run from a script with SIGTERM, which checkpoints too.
 import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
 
 const TUNING = {
   MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024), // glibc's ceiling for this setting
@@ -24,7 +25,6 @@ const TUNING = {
 const MARK = 'SIMCLR_MALLOC_TUNING';
 /** Signals passed on to the child; SIGINT from a terminal reaches both (one process group). */
 const FORWARDED = ['SIGTERM', 'SIGHUP', 'SIGQUIT'];
-const SIGNAL_NUMBERS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1, SIGQUIT: 3, SIGKILL: 9 };
 
 /**
  * The --backend value on the command line, if any. The settings help onnxruntime only: on wasm
@@ -71,7 +71,7 @@ export async function runTunedChild() {
   try {
     return await new Promise((resolve, reject) => {
       child.on('error', reject);
-      child.on('exit', (code, signal) => resolve(code ?? 128 + (SIGNAL_NUMBERS[signal] ?? 1)));
+      child.on('exit', (code, signal) => resolve(code ?? 128 + (constants.signals[signal] ?? 1)));
     });
   } finally {
     process.off('SIGINT', ignore);
