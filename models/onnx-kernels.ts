@@ -17,6 +17,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './onnx-proto.ts';
+import type { WasmBackend } from './wasm-kernels.ts';
 
 export const ONNX_BACKEND_NAME = 'onnxruntime';
 /** The onnxruntime-node version whose native binding layout this file relies on. */
@@ -31,11 +32,6 @@ const FLOAT = OnnxDataType.FLOAT;
 type TensorInfo = tf.TensorInfo;
 type Pads4 = [top: number, bottom: number, left: number, right: number];
 
-/** The parts of tfjs-backend-wasm's BackendWasm used here beyond the KernelBackend interface. */
-interface WasmBackend extends tf.KernelBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
-  typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The synchronous native path

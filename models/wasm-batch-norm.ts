@@ -4,15 +4,19 @@
 // y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12
 // passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
 import * as tf from '@tensorflow/tfjs';
+import type { WasmBackend } from './wasm-kernels.ts';
 import { isWasmMemory, simdRowKernels, type SimdRowKernels } from './wasm-simd.ts';
 
 type TensorInfo = tf.TensorInfo;
 
-/** The parts of tfjs-backend-wasm's BackendWasm used here. */
-interface WasmBackend extends tf.KernelBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
-  typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
+/** The backend, with the emscripten module that owns its heap. */
+interface WasmBackendWithHeap extends WasmBackend {
   wasm: { asm: { memory: unknown } };
+}
+
+/** A float32 tensor's data on the heap, as a view (take views after the last allocation). */
+function heapF32(backend: WasmBackend, info: TensorInfo): Float32Array {
+  return backend.typedArrayFromHeap(info) as Float32Array;
 }
 
 interface KernelArgs {
@@ -21,7 +25,7 @@ interface KernelArgs {
   attrs: tf.NamedAttrMap;
 }
 
-function kernelsOf(backend: WasmBackend): SimdRowKernels {
+function kernelsOf(backend: WasmBackendWithHeap): SimdRowKernels {
   const memory = backend.wasm?.asm?.memory;
   if (!isWasmMemory(memory)) throw new Error('wasm batch norm: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
   return simdRowKernels(memory);
@@ -47,14 +51,13 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
   const { x, gamma, beta } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm forward', { x, gamma, beta });
   const { epsilon } = attrs as unknown as { epsilon: number };
-  const wasm = backend as WasmBackend;
+  const wasm = backend as WasmBackendWithHeap;
   const [rows, channels] = rowsAndChannels(x);
   const y = wasm.makeOutput(x.shape, 'float32');
   const stats = [0, 1, 2].map(() => wasm.makeOutput([channels], 'float32')); // mean, variance, invStd
   const scratch = wasm.makeOutput([3 * channels], 'float32'); // partial sums, scale, shift
   // Views after every allocation: allocating may grow (and so move) the heap.
-  const heap = (info: TensorInfo) => wasm.typedArrayFromHeap(info) as Float32Array;
-  const [xs, ys, mean, variance, invStd, scr, g, b] = [x, y, ...stats, scratch, gamma, beta].map(heap);
+  const [xs, ys, mean, variance, invStd, scr, g, b] = [x, y, ...stats, scratch, gamma, beta].map((info) => heapF32(wasm, info));
   const scale = scr.subarray(channels, 2 * channels);
   const shift = scr.subarray(2 * channels);
   const simd = channels % 4 === 0 ? kernelsOf(wasm) : undefined;
@@ -83,14 +86,13 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
 export function wasmBatchNormBackward({ inputs, backend }: KernelArgs): TensorInfo[] {
   const { dy, x, mean, invStd, gamma } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm backward', { dy, x, mean, invStd, gamma });
-  const wasm = backend as WasmBackend;
+  const wasm = backend as WasmBackendWithHeap;
   const [rows, channels] = rowsAndChannels(x);
   const dx = wasm.makeOutput(x.shape, 'float32');
   const dGamma = wasm.makeOutput([channels], 'float32');
   const dBeta = wasm.makeOutput([channels], 'float32');
   const scratch = wasm.makeOutput([5 * channels], 'float32'); // 2 partial sums, a, b, d
-  const heap = (info: TensorInfo) => wasm.typedArrayFromHeap(info) as Float32Array;
-  const [dys, xs, mu, inv, g, dxs, dg, db, scr] = [dy, x, mean, invStd, gamma, dx, dGamma, dBeta, scratch].map(heap);
+  const [dys, xs, mu, inv, g, dxs, dg, db, scr] = [dy, x, mean, invStd, gamma, dx, dGamma, dBeta, scratch].map((info) => heapF32(wasm, info));
   const [a, b, d] = [2, 3, 4].map((k) => scr.subarray(k * channels, (k + 1) * channels));
   const simd = channels % 4 === 0 ? kernelsOf(wasm) : undefined;
   // dγ first holds Σ dy·(x − μ)

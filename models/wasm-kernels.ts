@@ -8,8 +8,8 @@ import { wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.t
 
 type TensorInfo = tf.TensorInfo;
 type Backend = tf.KernelBackend;
-/** The parts of tfjs-backend-wasm's BackendWasm used here beyond the KernelBackend interface. */
-interface WasmBackend extends tf.KernelBackend {
+/** The parts of tfjs-backend-wasm's BackendWasm the project's kernels use beyond the KernelBackend interface. */
+export interface WasmBackend extends tf.KernelBackend {
   makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
   typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
