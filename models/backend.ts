@@ -33,7 +33,7 @@ async function importOptional(pkg: string): Promise<unknown> {
   return import(/* @vite-ignore */ pkg);
 }
 
-async function load(name: ConcreteBackend): Promise<BackendChoice> {
+async function load(name: ConcreteBackend, log: (line: string) => void): Promise<BackendChoice> {
   switch (name) {
     case 'tensorflow-gpu':
     case 'tensorflow': {
@@ -49,24 +49,38 @@ async function load(name: ConcreteBackend): Promise<BackendChoice> {
       return { name, tfName: 'tensorflow' };
     }
     case 'wasm': {
-      await import('@tensorflow/tfjs-backend-wasm');
-      const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
-      registerWasmTrainingKernels();
+      await startWasm(log, true);
       if (!(await tf.setBackend('wasm'))) {
         throw new BackendUnavailableError(name, 'the wasm backend did not initialise');
       }
+      const { activeWasmThreads } = await import('./wasm-threads.ts');
+      const threads = activeWasmThreads();
+      log(`backend wasm: ${threads} thread${threads === 1 ? '' : 's'} (SIMCLR_WASM_THREADS sets it)`);
       return { name, tfName: 'wasm' };
     }
     case 'onnxruntime': {
       // The wasm backend with its heavy kernels run by onnxruntime-node (models/onnx-kernels.ts);
-      // it shares wasm's instance, so wasm is initialised first.
-      await import('@tensorflow/tfjs-backend-wasm');
-      const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
-      registerWasmTrainingKernels();
+      // it shares wasm's instance, so wasm is initialised first, single-threaded: onnxruntime-node
+      // takes no views of the threaded build's shared heap, and runs the heavy kernels on every
+      // core itself. onnxruntime-node is checked first, so that `auto` falling back to wasm
+      // still gets wasm's threads.
+      const { loadOrtSync, registerOnnxruntimeBackend } = await import('./onnx-kernels.ts');
+      try {
+        loadOrtSync();
+      } catch (err) {
+        throw new BackendUnavailableError(name, `${firstLine(err)} (onnxruntime-node is an optional dependency)`);
+      }
+      await startWasm(log, false);
       if (!(await tf.setBackend('wasm'))) {
         throw new BackendUnavailableError(name, 'the wasm backend it builds on did not initialise');
       }
-      const { registerOnnxruntimeBackend } = await import('./onnx-kernels.ts');
+      const { wasmHeapIsShared } = await import('./wasm-threads.ts');
+      if (wasmHeapIsShared()) {
+        throw new BackendUnavailableError(
+          name,
+          'the wasm backend already runs multi-threaded in this process (its shared heap cannot be handed to onnxruntime-node); choose onnxruntime before wasm, or set SIMCLR_WASM_THREADS=1',
+        );
+      }
       try {
         registerOnnxruntimeBackend();
       } catch (err) {
@@ -81,6 +95,20 @@ async function load(name: ConcreteBackend): Promise<BackendChoice> {
       await tf.setBackend('cpu');
       return { name, tfName: 'cpu' };
     }
+  }
+}
+
+/**
+ * Loads tfjs-backend-wasm with the project's training kernels; with `threaded`, its first start
+ * uses wasmThreadCount() threads (models/wasm-threads.ts).
+ */
+async function startWasm(log: (line: string) => void, threaded: boolean): Promise<void> {
+  await import('@tensorflow/tfjs-backend-wasm');
+  const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
+  registerWasmTrainingKernels();
+  if (threaded) {
+    const { installThreadedWasm, wasmThreadCount } = await import('./wasm-threads.ts');
+    installThreadedWasm(wasmThreadCount(), log);
   }
 }
 
@@ -102,14 +130,14 @@ export async function useBackend(
   // Every backend trains with the backprop that frees as it goes (models/gradients.ts).
   installLowMemoryGradients();
   if (requested !== 'auto') {
-    const choice = await load(requested);
+    const choice = await load(requested, log);
     await tf.ready();
     return choice;
   }
   const skipped: string[] = [];
   for (const name of AUTO_ORDER) {
     try {
-      const choice = await load(name);
+      const choice = await load(name, log);
       await tf.ready();
       log(`backend auto: using '${name}'${skipped.length ? ` (${skipped.join('; ')})` : ''}`);
       return choice;

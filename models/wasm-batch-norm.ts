@@ -11,7 +11,8 @@ type TensorInfo = tf.TensorInfo;
 
 /** The backend, with the emscripten module that owns its heap. */
 interface WasmBackendWithHeap extends WasmBackend {
-  wasm: { asm: { memory: unknown } };
+  /** The single-threaded build exports its memory; the threaded one imports it (wasmMemory). */
+  wasm: { asm?: { memory?: unknown }; wasmMemory?: unknown };
 }
 
 /** A float32 tensor's data on the heap, as a view (take views after the last allocation). */
@@ -26,7 +27,7 @@ interface KernelArgs {
 }
 
 function kernelsOf(backend: WasmBackendWithHeap): SimdRowKernels {
-  const memory = backend.wasm?.asm?.memory;
+  const memory = backend.wasm?.asm?.memory ?? backend.wasm?.wasmMemory;
   if (!isWasmMemory(memory)) throw new Error('wasm batch norm: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
   return simdRowKernels(memory);
 }

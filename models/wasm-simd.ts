@@ -175,13 +175,20 @@ const ROW_KERNELS: RowKernel[] = [
   },
 ];
 
-function moduleBytes(): Uint8Array {
+/** Largest wasm32 memory, in 64 KiB pages: the declared maximum of a shared memory import. */
+const MAX_PAGES = 65536;
+
+/**
+ * The module's bytes. A shared memory (tfjs-backend-wasm's threaded build) must be imported as
+ * shared, with a maximum; a plain one as plain.
+ */
+function moduleBytes(sharedMemory: boolean): Uint8Array {
   const functions = ROW_KERNELS.map(rowKernelCode);
   const types = functions.map(({ params }) => [0x60, ...vec(new Array<Code>(params).fill([I32])), 0]);
   const bytes: Code = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
-    ...section(2, vec([[...utf8('env'), ...utf8('memory'), 0x02, 0x00, ...uleb(1)]])), // memory, min 1 page
+    ...section(2, vec([[...utf8('env'), ...utf8('memory'), 0x02, ...(sharedMemory ? [0x03, ...uleb(1), ...uleb(MAX_PAGES)] : [0x00, ...uleb(1)])]])),
     ...section(3, vec(functions.map((_, i) => uleb(i)))),
     ...section(7, vec(ROW_KERNELS.map(({ name }, i) => [...utf8(name), 0x00, ...uleb(i)]))),
     ...section(10, vec(functions.map(({ code }) => code))),
@@ -219,7 +226,7 @@ const WebAssemblyApi = (globalThis as unknown as {
   WebAssembly: {
     Module: new (bytes: Uint8Array) => object;
     Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-    Memory: new (descriptor: { initial: number; maximum?: number }) => WasmMemory;
+    Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
     validate(bytes: Uint8Array): boolean;
   };
 }).WebAssembly;
@@ -228,15 +235,21 @@ export function isWasmMemory(value: unknown): value is WasmMemory {
   return value instanceof WebAssemblyApi.Memory;
 }
 
-let compiled: object | undefined;
+/** Compiled modules: [plain memory, shared memory]. */
+const compiled: [object | undefined, object | undefined] = [undefined, undefined];
 const instances = new WeakMap<WasmMemory, SimdRowKernels>();
+
+function isShared(memory: WasmMemory): boolean {
+  return typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+}
 
 /** The row kernels working on `memory` (instantiated once per memory). */
 export function simdRowKernels(memory: WasmMemory): SimdRowKernels {
   let kernels = instances.get(memory);
   if (kernels === undefined) {
-    compiled ??= new WebAssemblyApi.Module(moduleBytes());
-    const instance = new WebAssemblyApi.Instance(compiled, { env: { memory } });
+    const shared = isShared(memory);
+    const module = (compiled[Number(shared)] ??= new WebAssemblyApi.Module(moduleBytes(shared)));
+    const instance = new WebAssemblyApi.Instance(module, { env: { memory } });
     kernels = Object.fromEntries(ROW_KERNELS.map(({ name }) => [name, instance.exports[name] as I32Fn])) as unknown as SimdRowKernels;
     instances.set(memory, kernels);
   }
@@ -245,10 +258,10 @@ export function simdRowKernels(memory: WasmMemory): SimdRowKernels {
 
 /** Whether the engine accepts the module (tests; the module needs WebAssembly SIMD). */
 export function simdModuleValidates(): boolean {
-  return WebAssemblyApi.validate(moduleBytes());
+  return WebAssemblyApi.validate(moduleBytes(false)) && WebAssemblyApi.validate(moduleBytes(true));
 }
 
-/** A fresh memory of `pages` × 64 KiB, for tests. */
-export function newWasmMemory(pages: number): WasmMemory {
-  return new WebAssemblyApi.Memory({ initial: pages });
+/** A fresh memory of `pages` × 64 KiB (shared: backed by a SharedArrayBuffer), for tests. */
+export function newWasmMemory(pages: number, shared = false): WasmMemory {
+  return new WebAssemblyApi.Memory(shared ? { initial: pages, maximum: MAX_PAGES, shared: true } : { initial: pages });
 }

@@ -22,7 +22,7 @@ interface Result {
   backend: string;
   ms_per_step: number;
   /** CPU time of this process per step: on a machine shared with other jobs, closer than wall
-   * time to what the step costs on an idle one (wasm runs on one thread here). */
+   * time to what the step costs on an idle one (CPU above wall time: several threads). */
   cpu_ms_per_step: number;
   /** CPU ms of one inference forward pass of the same model and batch: the step's yardstick,
    * since step / forward changes little with machine load. */

@@ -8,15 +8,21 @@ it('the module validates', () => {
   expect(simdModuleValidates()).toBe(true);
 });
 
-describe.each([
-  { rows: 1, channels: 4 },
-  { rows: 127, channels: 16 },
-  { rows: 128, channels: 8 },
-  { rows: 129, channels: 20 },
-  { rows: 1000, channels: 64 },
-])('$rows rows × $channels channels', ({ rows, channels }) => {
+describe.each(
+  [
+    { rows: 1, channels: 4 },
+    { rows: 127, channels: 16 },
+    { rows: 128, channels: 8 },
+    { rows: 129, channels: 20 },
+    { rows: 1000, channels: 64 },
+  ].flatMap((c) => [
+    { ...c, shared: false },
+    // The threaded tfjs-backend-wasm build's heap (models/wasm-threads.ts).
+    { ...c, shared: true },
+  ]),
+)('$rows rows × $channels channels, shared memory $shared', ({ rows, channels, shared }) => {
   const n = rows * channels;
-  const memory = newWasmMemory(Math.ceil((4 * (3 * n + 16 * channels)) / 65536) + 1);
+  const memory = newWasmMemory(Math.ceil((4 * (3 * n + 16 * channels)) / 65536) + 1, shared);
   const k = simdRowKernels(memory);
   const f32 = new Float32Array(memory.buffer);
   // Byte offsets: three [rows, C] operands, then per-channel vectors. Data has a large mean, as
