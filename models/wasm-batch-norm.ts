@@ -26,9 +26,11 @@ interface KernelArgs {
   attrs: tf.NamedAttrMap;
 }
 
-function kernelsOf(backend: WasmBackendWithHeap): SimdRowKernels {
-  const memory = backend.wasm?.asm?.memory ?? backend.wasm?.wasmMemory;
-  if (!isWasmMemory(memory)) throw new Error('wasm batch norm: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
+/** The SIMD loops (wasm-simd.ts) instantiated on the backend's own heap. */
+export function simdKernelsOf(backend: WasmBackend): SimdRowKernels {
+  const { wasm } = backend as WasmBackendWithHeap;
+  const memory = wasm?.asm?.memory ?? wasm?.wasmMemory;
+  if (!isWasmMemory(memory)) throw new Error('wasm SIMD kernels: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
   return simdRowKernels(memory);
 }
 
@@ -61,7 +63,7 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
   const [xs, ys, mean, variance, invStd, scr, g, b] = [x, y, ...stats, scratch, gamma, beta].map((info) => heapF32(wasm, info));
   const scale = scr.subarray(channels, 2 * channels);
   const shift = scr.subarray(2 * channels);
-  const simd = channels % 4 === 0 ? kernelsOf(wasm) : undefined;
+  const simd = channels % 4 === 0 ? simdKernelsOf(wasm) : undefined;
   if (simd !== undefined) simd.sum(rows, channels * 4, xs.byteOffset, mean.byteOffset, scr.byteOffset);
   else plainSums(rows, channels, (r, c) => xs[r * channels + c], mean);
   for (let c = 0; c < channels; c++) mean[c] /= rows;
@@ -95,7 +97,7 @@ export function wasmBatchNormBackward({ inputs, backend }: KernelArgs): TensorIn
   const scratch = wasm.makeOutput([5 * channels], 'float32'); // 2 partial sums, a, b, d
   const [dys, xs, mu, inv, g, dxs, dg, db, scr] = [dy, x, mean, invStd, gamma, dx, dGamma, dBeta, scratch].map((info) => heapF32(wasm, info));
   const [a, b, d] = [2, 3, 4].map((k) => scr.subarray(k * channels, (k + 1) * channels));
-  const simd = channels % 4 === 0 ? kernelsOf(wasm) : undefined;
+  const simd = channels % 4 === 0 ? simdKernelsOf(wasm) : undefined;
   // dγ first holds Σ dy·(x − μ)
   if (simd !== undefined) {
     simd.sum_and_sum_product(rows, channels * 4, dys.byteOffset, xs.byteOffset, mu.byteOffset, db.byteOffset, dg.byteOffset, scr.byteOffset, scr.byteOffset + channels * 4);

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 // Imported for its side effect: wasm's own kernels must be registered before ours replace one.
 import '@tensorflow/tfjs-backend-wasm';
 import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './batch-norm.ts';
-import { wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.ts';
+import { simdKernelsOf, wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.ts';
 
 type TensorInfo = tf.TensorInfo;
 type Backend = tf.KernelBackend;
@@ -92,6 +92,43 @@ function batchLast(backend: Backend, x: TensorInfo): TensorInfo {
   return out;
 }
 
+/**
+ * Images [start, start + n) of x [B, H, W, C] as [C, H, W, n], in one pass of 4×4 SIMD tile
+ * transposes (each pixel's [n, C] block → [C, n]); n and C multiples of 4.
+ */
+function imagesLast(backend: WasmBackend, x: TensorInfo, start: number, n: number): TensorInfo {
+  const [, h, w, c] = x.shape;
+  const out = backend.makeOutput([c, h, w, n], 'float32');
+  const src = backend.typedArrayFromHeap(x).byteOffset + start * h * w * c * 4;
+  const dst = backend.typedArrayFromHeap(out).byteOffset;
+  simdKernelsOf(backend).transpose4(h * w, n, c, src, h * w * c * 4, c * 4, dst, h * w * n * 4, n * 4);
+  return out;
+}
+
+/** Images [start, start + n) of x [B, H, W, C] as [H, W, n, C]: C-float rows moved by SIMD copies (C a multiple of 4). */
+function imagesInner(backend: WasmBackend, x: TensorInfo, start: number, n: number): TensorInfo {
+  const [, h, w, c] = x.shape;
+  const out = backend.makeOutput([h, w, n, c], 'float32');
+  const src = backend.typedArrayFromHeap(x).byteOffset + start * h * w * c * 4;
+  const dst = backend.typedArrayFromHeap(out).byteOffset;
+  simdKernelsOf(backend).copy_rows(n, h * w, c * 4, src, c * 4, h * w * c * 4, dst, n * c * 4, c * 4);
+  return out;
+}
+
+/**
+ * Bytes of dyᵀ (the filter of the filter-gradient convolution) per group of images: XNNPACK
+ * streams its packed filter once per tile of output rows, so a filter that stays in cache makes
+ * the convolution several times faster than one spanning the whole batch.
+ */
+let filterGradientGroupBytes = 1 << 20;
+
+/** Sets the group size above (tests use a tiny one to get many groups from a small batch); returns the previous. */
+export function setFilterGradientGroupBytes(bytes: number): number {
+  const previous = filterGradientGroupBytes;
+  filterGradientGroupBytes = bytes;
+  return previous;
+}
+
 interface GradGeometry {
   strideH: number;
   strideW: number;
@@ -135,6 +172,9 @@ function geometry(
  * Read with ci as the batch, (h, w) as space and b as the channel, that is a convolution of
  * xᵀ [Ci,H,W,B] with the filter dyᵀ [oH,oW,B,Co] dilated by the forward stride, whose output
  * [Ci,kH,kW,Co] transposes into the filter gradient. XNNPACK runs it as one large GEMM.
+ * Where batch and channels are multiples of 4 it runs per group of images (see
+ * filterGradientGroupBytes), with the transposes done by SIMD loops (imagesLast, imagesInner),
+ * and the groups' gradients are summed in float64; elsewhere as one convolution over the batch.
  */
 function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs: tf.NamedAttrMap }): TensorInfo {
   const { inputs, backend, attrs } = args;
@@ -142,16 +182,45 @@ function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: Ba
   const filterShape = (attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape;
   const g = geometry('Conv2DBackpropFilter', x.shape as [number, number, number, number], filterShape, attrs);
 
-  const xT = batchLast(backend, x); // [Ci, H, W, B]
-  const dyT = transpose(backend, dy, [1, 2, 0, 3]); // [oH, oW, B, Co]
   // Bottom/right pads make the output exactly kH × kW; negative ones crop the input rows and
   // columns a strided 'valid' convolution never reached.
   const padBottom = g.filterH + (g.outH - 1) * g.strideH - g.inH - g.padTop;
   const padRight = g.filterW + (g.outW - 1) * g.strideW - g.inW - g.padLeft;
-  const gradT = convWithPads(backend, xT, dyT, [g.strideH, g.strideW], [g.padTop, padBottom, g.padLeft, padRight]);
-  // gradT: [Ci, kH, kW, Co]
-  const grad = transpose(backend, gradT, [1, 2, 0, 3]); // [kH, kW, Ci, Co]
-  dispose(backend, xT, dyT, gradT);
+  const pads: Pads = [g.padTop, padBottom, g.padLeft, padRight];
+  const [batch, , , inC] = x.shape;
+  const outC = dy.shape[3];
+  if (batch % 4 !== 0 || inC % 4 !== 0 || outC % 4 !== 0 || x.dtype !== 'float32' || dy.dtype !== 'float32') {
+    const xT = batchLast(backend, x); // [Ci, H, W, B]
+    const dyT = transpose(backend, dy, [1, 2, 0, 3]); // [oH, oW, B, Co]
+    const gradT = convWithPads(backend, xT, dyT, [g.strideH, g.strideW], pads); // [Ci, kH, kW, Co]
+    const grad = transpose(backend, gradT, [1, 2, 0, 3]); // [kH, kW, Ci, Co]
+    dispose(backend, xT, dyT, gradT);
+    return grad;
+  }
+  // Groups of images (a multiple of 4), each group's gradient summed in float64.
+  const wasm = backend as WasmBackend;
+  const perImage = g.outH * g.outW * outC * 4;
+  const group = Math.min(batch, Math.max(4, 4 * Math.floor(filterGradientGroupBytes / perImage / 4)));
+  const taps = g.filterH * g.filterW;
+  const sum = new Float64Array(taps * inC * outC); // [Ci, kH·kW, Co], as gradT
+  for (let start = 0; start < batch; start += group) {
+    const n = Math.min(group, batch - start);
+    const xT = imagesLast(wasm, x, start, n); // [Ci, H, W, n]
+    const dyT = imagesInner(wasm, dy, start, n); // [oH, oW, n, Co]
+    const gradT = convWithPads(backend, xT, dyT, [g.strideH, g.strideW], pads);
+    const part = wasm.typedArrayFromHeap(gradT) as Float32Array;
+    for (let i = 0; i < sum.length; i++) sum[i] += part[i];
+    dispose(backend, xT, dyT, gradT);
+  }
+  const grad = wasm.makeOutput([g.filterH, g.filterW, inC, outC], 'float32');
+  const out = wasm.typedArrayFromHeap(grad) as Float32Array;
+  for (let ci = 0; ci < inC; ci++) {
+    for (let t = 0; t < taps; t++) {
+      const from = (ci * taps + t) * outC;
+      const to = (t * inC + ci) * outC;
+      for (let co = 0; co < outC; co++) out[to + co] = sum[from + co];
+    }
+  }
   return grad;
 }
 

@@ -40,6 +40,7 @@ const vec = (items: Code[]): Code => [...uleb(items.length), ...items.flat()];
 const section = (id: number, body: Code): Code => [id, ...uleb(body.length), ...body];
 
 const I32 = 0x7f;
+const V128 = 0x7b;
 const V128_ALIGN = 2; // alignment hint: tensors are 4-byte aligned at least
 
 // --- instructions ----------------------------------------------------------------------------
@@ -48,6 +49,7 @@ const get = (local: number): Code => [0x20, ...uleb(local)];
 const set = (local: number): Code => [0x21, ...uleb(local)];
 const i32 = (value: number): Code => [0x41, ...sleb(value)];
 const add = (a: Code, b: Code): Code => [...a, ...b, 0x6a];
+const mul = (a: Code, b: Code): Code => [...a, ...b, 0x6c];
 const lessThan = (a: Code, b: Code): Code => [...a, ...b, 0x49]; // i32.lt_u
 /** a if cond else b. */
 const select = (a: Code, b: Code, cond: Code): Code => [...a, ...b, ...cond, 0x1b];
@@ -59,6 +61,10 @@ const fadd = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe4)];
 const fsub = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe5)];
 const fmul = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe6)];
 const fmax = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe9)];
+/** i8x16.shuffle picking four 32-bit lanes: 0–3 from a, 4–7 from b. */
+const shuffle32 = (a: Code, b: Code, lanes: [number, number, number, number]): Code => [
+  ...a, ...b, ...simd(0x0d), ...lanes.flatMap((lane) => [4 * lane, 4 * lane + 1, 4 * lane + 2, 4 * lane + 3]),
+];
 
 /** for (i = from; i < to; i += step) body — `to` and `step` are re-evaluated each iteration. */
 function forLoop(i: number, from: Code, to: Code, step: Code, body: Code): Code {
@@ -175,6 +181,68 @@ const ROW_KERNELS: RowKernel[] = [
   },
 ];
 
+// --- layout kernels --------------------------------------------------------------------------
+
+/** A function with `params` i32 parameters and the given extra locals. */
+interface LayoutKernel {
+  name: string;
+  params: number;
+  code: Code;
+}
+
+/** Encodes a function body: `locals` as [count, type] runs. */
+function functionCode(locals: [number, number][], body: Code): Code {
+  const code = [...vec(locals.map(([count, type]) => [...uleb(count), type])), ...body, 0x0b];
+  return [...uleb(code.length), ...code];
+}
+
+/**
+ * transpose4(count, rows, cols, src, srcRowBytes, srcStep, dst, dstRowBytes, dstStep): for each
+ * of `count` blocks k, dst_k[c][r] = src_k[r][c] for a [rows, cols] float32 matrix (both multiples
+ * of 4) whose rows lie srcRowBytes apart at src + k·srcStep, written as [cols, rows] with rows
+ * dstRowBytes apart at dst + k·dstStep. 4×4 tiles, transposed in registers by lane shuffles.
+ */
+function transpose4(): LayoutKernel {
+  const [COUNT, ROWS, COLS, SRC, SRC_ROW, SRC_STEP, DST, DST_ROW, DST_STEP] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [k, r, c, s, d] = [9, 10, 11, 12, 13];
+  const [a, b, e, f, t0, t1, t2, t3] = [14, 15, 16, 17, 18, 19, 20, 21];
+  const row = (i: number): Code => load(add(get(s), mul(get(SRC_ROW), i32(i))));
+  const put = (i: number, value: Code): Code => store(add(get(d), mul(get(DST_ROW), i32(i))), value);
+  const tile: Code = [
+    ...add(add(get(SRC), mul(get(k), get(SRC_STEP))), add(mul(get(r), get(SRC_ROW)), mul(get(c), i32(4)))), ...set(s),
+    ...row(0), ...set(a), ...row(1), ...set(b), ...row(2), ...set(e), ...row(3), ...set(f),
+    ...shuffle32(get(a), get(b), [0, 4, 1, 5]), ...set(t0), // a0 b0 a1 b1
+    ...shuffle32(get(a), get(b), [2, 6, 3, 7]), ...set(t1), // a2 b2 a3 b3
+    ...shuffle32(get(e), get(f), [0, 4, 1, 5]), ...set(t2), // e0 f0 e1 f1
+    ...shuffle32(get(e), get(f), [2, 6, 3, 7]), ...set(t3), // e2 f2 e3 f3
+    ...add(add(get(DST), mul(get(k), get(DST_STEP))), add(mul(get(c), get(DST_ROW)), mul(get(r), i32(4)))), ...set(d),
+    ...put(0, shuffle32(get(t0), get(t2), [0, 1, 4, 5])), // column 0: a0 b0 e0 f0
+    ...put(1, shuffle32(get(t0), get(t2), [2, 3, 6, 7])),
+    ...put(2, shuffle32(get(t1), get(t3), [0, 1, 4, 5])),
+    ...put(3, shuffle32(get(t1), get(t3), [2, 3, 6, 7])),
+  ];
+  const body = forLoop(k, i32(0), get(COUNT), i32(1), forLoop(r, i32(0), get(ROWS), i32(4), forLoop(c, i32(0), get(COLS), i32(4), tile)));
+  return { name: 'transpose4', params: 9, code: functionCode([[5, I32], [8, V128]], body) };
+}
+
+/**
+ * copy_rows(count, rows, rowBytes, src, srcRowStride, srcStep, dst, dstRowStride, dstStep): for
+ * each block k and row r, copies rowBytes (a multiple of 16) from src + k·srcStep + r·srcRowStride
+ * to dst + k·dstStep + r·dstRowStride: a transpose of whole rows, e.g. [B, HW, C] → [HW, B, C].
+ */
+function copyRows(): LayoutKernel {
+  const [COUNT, ROWS, ROW_BYTES, SRC, SRC_ROW, SRC_STEP, DST, DST_ROW, DST_STEP] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [k, r, o, s, d] = [9, 10, 11, 12, 13];
+  const body = forLoop(k, i32(0), get(COUNT), i32(1), forLoop(r, i32(0), get(ROWS), i32(1), [
+    ...add(add(get(SRC), mul(get(k), get(SRC_STEP))), mul(get(r), get(SRC_ROW))), ...set(s),
+    ...add(add(get(DST), mul(get(k), get(DST_STEP))), mul(get(r), get(DST_ROW))), ...set(d),
+    ...forLoop(o, i32(0), get(ROW_BYTES), i32(16), store(add(get(d), get(o)), load(add(get(s), get(o))))),
+  ]));
+  return { name: 'copy_rows', params: 9, code: functionCode([[5, I32]], body) };
+}
+
+const LAYOUT_KERNELS: LayoutKernel[] = [transpose4(), copyRows()];
+
 /** Largest wasm32 memory, in 64 KiB pages: the declared maximum of a shared memory import. */
 const MAX_PAGES = 65536;
 
@@ -183,14 +251,15 @@ const MAX_PAGES = 65536;
  * shared, with a maximum; a plain one as plain.
  */
 function moduleBytes(sharedMemory: boolean): Uint8Array {
-  const functions = ROW_KERNELS.map(rowKernelCode);
+  const functions = [...ROW_KERNELS.map(rowKernelCode), ...LAYOUT_KERNELS];
+  const names = [...ROW_KERNELS, ...LAYOUT_KERNELS].map(({ name }) => name);
   const types = functions.map(({ params }) => [0x60, ...vec(new Array<Code>(params).fill([I32])), 0]);
   const bytes: Code = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
     ...section(2, vec([[...utf8('env'), ...utf8('memory'), 0x02, ...(sharedMemory ? [0x03, ...uleb(1), ...uleb(MAX_PAGES)] : [0x00, ...uleb(1)])]])),
     ...section(3, vec(functions.map((_, i) => uleb(i)))),
-    ...section(7, vec(ROW_KERNELS.map(({ name }, i) => [...utf8(name), 0x00, ...uleb(i)]))),
+    ...section(7, vec(names.map((name, i) => [...utf8(name), 0x00, ...uleb(i)]))),
     ...section(10, vec(functions.map(({ code }) => code))),
   ];
   return Uint8Array.from(bytes);
@@ -214,6 +283,10 @@ export interface SimdRowKernels {
   sum_and_sum_product(rows: number, rowBytes: number, dy: number, x: number, mean: number, sumDy: number, sumProduct: number, scratch0: number, scratch1: number): void;
   /** out = a·p + b·(q − centre) + d per channel. */
   affine2(rows: number, rowBytes: number, p: number, q: number, out: number, a: number, b: number, centre: number, d: number): void;
+  /** count × ([rows, cols] → [cols, rows]); rows and cols multiples of 4 (see transpose4()). */
+  transpose4(count: number, rows: number, cols: number, src: number, srcRowBytes: number, srcStep: number, dst: number, dstRowBytes: number, dstStep: number): void;
+  /** count × rows copies of rowBytes (a multiple of 16) between strided places (see copyRows()). */
+  copy_rows(count: number, rows: number, rowBytes: number, src: number, srcRowStride: number, srcStep: number, dst: number, dstRowStride: number, dstStep: number): void;
 }
 
 /** A WebAssembly.Memory. */
@@ -250,7 +323,7 @@ export function simdRowKernels(memory: WasmMemory): SimdRowKernels {
     const shared = isShared(memory);
     const module = (compiled[Number(shared)] ??= new WebAssemblyApi.Module(moduleBytes(shared)));
     const instance = new WebAssemblyApi.Instance(module, { env: { memory } });
-    kernels = Object.fromEntries(ROW_KERNELS.map(({ name }) => [name, instance.exports[name] as I32Fn])) as unknown as SimdRowKernels;
+    kernels = Object.fromEntries([...ROW_KERNELS, ...LAYOUT_KERNELS].map(({ name }) => [name, instance.exports[name] as I32Fn])) as unknown as SimdRowKernels;
     instances.set(memory, kernels);
   }
   return kernels;

@@ -5,9 +5,9 @@
 // wasm` does; the single-threaded build under them is covered by onnx-kernels.test.ts.
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { BatchNorm } from '../../models/batch-norm.ts';
-import { registerWasmTrainingKernels } from '../../models/wasm-kernels.ts';
+import { registerWasmTrainingKernels, setFilterGradientGroupBytes } from '../../models/wasm-kernels.ts';
 import { activeWasmThreads, installThreadedWasm, wasmHeapIsShared } from '../../models/wasm-threads.ts';
 import { expectTensorClose, seededValues } from '../helpers.ts';
 
@@ -58,12 +58,22 @@ const STRIDES = [1, 2];
 const PADS: Pad[] = ['same', 'valid', [[0, 0], [1, 2], [2, 0], [0, 0]]];
 const GRID = KERNELS.flatMap((k) => STRIDES.flatMap((s) => PADS.map((pad) => ({ k, s, pad }))));
 
-describe.each(GRID)('conv2d gradients on wasm match cpu: kernel $k, stride $s, pad $pad', ({ k, s, pad }) => {
+// Two routes for the filter gradient: batch and channels multiples of 4 go by groups of images
+// with SIMD transposes (here 3 groups of 4: the group size is set tiny), the rest as one
+// convolution with tfjs's transposes.
+const ROUTES = [
+  { route: 'whole batch', batch: 2, inC: 3, outC: 5 },
+  { route: 'groups of 4 images', batch: 12, inC: 4, outC: 8 },
+];
+
+describe.each(GRID.flatMap((g) => ROUTES.map((r) => ({ ...g, ...r }))))('conv2d gradients on wasm match cpu: kernel $k, stride $s, pad $pad, $route', ({ k, s, pad, batch, inC, outC }) => {
   // Odd, non-square input, batch > 1 and in ≠ out channels catch transposed or mirrored axes.
-  const xShape: [number, number, number, number] = [2, 7, 9, 3];
-  const wShape: [number, number, number, number] = [k, k, 3, 5];
+  const xShape: [number, number, number, number] = [batch, 7, 9, inC];
+  const wShape: [number, number, number, number] = [k, k, inC, outC];
 
   it('values, dL/dx and dL/dw', async () => {
+    const previous = setFilterGradientGroupBytes(1); // groups of 4 images
+    onTestFinished(() => void setFilterGradientGroupBytes(previous));
     const cpu = await convAndGrads('cpu', xShape, wShape, [s, s], pad);
     const wasm = await convAndGrads('wasm', xShape, wShape, [s, s], pad);
     expect(wasm.yShape).toEqual(cpu.yShape);

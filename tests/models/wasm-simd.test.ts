@@ -88,3 +88,35 @@ it('one instance per memory', () => {
   expect(simdRowKernels(memory)).toBe(simdRowKernels(memory));
   expect(simdRowKernels(newWasmMemory(1))).not.toBe(simdRowKernels(memory));
 });
+
+describe.each([false, true])('layout loops, shared memory %s', (shared) => {
+  const memory = newWasmMemory(8, shared); // 131,072 floats
+  const k = simdRowKernels(memory);
+  const f32 = new Float32Array(memory.buffer);
+  const OUT = 65536; // float index of the destination
+
+  it('transpose4: count × [rows, cols] → [cols, rows], strided blocks', () => {
+    // As the filter gradient uses it: x [n, HW, C] → [C, HW, n], one [n, C] block per pixel.
+    const [n, hw, c] = [8, 5, 12];
+    f32.fill(Number.NaN);
+    const x = seededValues(n * hw * c, 7);
+    f32.set(x);
+    k.transpose4(hw, n, c, 0, hw * c * 4, c * 4, OUT * 4, hw * n * 4, n * 4);
+    const expected = new Float32Array(n * hw * c);
+    for (let b = 0; b < n; b++) for (let p = 0; p < hw; p++) for (let ch = 0; ch < c; ch++) expected[(ch * hw + p) * n + b] = x[(b * hw + p) * c + ch];
+    expect(Array.from(f32.subarray(OUT, OUT + n * hw * c))).toEqual(Array.from(expected));
+    expect(Number.isNaN(f32[OUT + n * hw * c])).toBe(true); // nothing written past the end
+  });
+
+  it('copy_rows: [n, HW, C] → [HW, n, C] by whole rows', () => {
+    const [n, hw, c] = [3, 7, 8];
+    f32.fill(Number.NaN);
+    const x = seededValues(n * hw * c, 8);
+    f32.set(x);
+    k.copy_rows(n, hw, c * 4, 0, c * 4, hw * c * 4, OUT * 4, n * c * 4, c * 4);
+    const expected = new Float32Array(n * hw * c);
+    for (let b = 0; b < n; b++) for (let p = 0; p < hw; p++) for (let ch = 0; ch < c; ch++) expected[(p * n + b) * c + ch] = x[(b * hw + p) * c + ch];
+    expect(Array.from(f32.subarray(OUT, OUT + n * hw * c))).toEqual(Array.from(expected));
+    expect(Number.isNaN(f32[OUT + n * hw * c])).toBe(true);
+  });
+});
