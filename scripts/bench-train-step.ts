@@ -1,8 +1,11 @@
 // Benchmark: milliseconds per training step (forward + backward + SGD-momentum update) of the
 // CIFAR ResNet-20 per backend and batch size, with the kernels that take the most of a step.
 // usage: npm run bench:train-step [-- --json] [-- --backend wasm,onnxruntime,cpu] [-- --batch 64,256]
+//        (several backends: one child process each)
 //        [-- --model resnet20,resnet18]   (ResNet-18 at 32 px gets the CIFAR stem; e.g. --model resnet18 --batch 128)
 import * as tf from '@tensorflow/tfjs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadavg } from 'node:os';
 import { useBackend, type BackendName } from '../models/backend.ts';
@@ -165,6 +168,17 @@ async function main(): Promise<void> {
   if (!Number.isInteger(warmup) || warmup < 0) throw new Error(`--warmup must be a non-negative integer, got '${values.warmup}'`);
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`--steps must be a positive integer, got '${values.steps}'`);
 
+  if (backends.length > 1) {
+    // One process per backend: a backend cannot be measured after another in the same process
+    // (onnxruntime keeps wasm single-threaded, and wasm's threads rule out onnxruntime after it).
+    const launcher = fileURLToPath(new URL('../bin/run-ts.mjs', import.meta.url));
+    const script = fileURLToPath(import.meta.url);
+    const args = process.argv.slice(2).filter((a, i, all) => a !== '--backend' && all[i - 1] !== '--backend' && !a.startsWith('--backend='));
+    for (const backend of backends) {
+      execFileSync(process.execPath, [launcher, script, ...args, '--backend', backend], { stdio: 'inherit' });
+    }
+    return;
+  }
   if (!values.json) {
     // Timings on a shared machine are only comparable together with its load.
     console.log(`load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}; warm-up ${warmup}, median of ${steps} steps`);
