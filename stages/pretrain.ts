@@ -110,8 +110,9 @@ interface Resolved extends Required<Omit<PretrainOptions, 'temperature' | 'lr' |
 function resolve(options: PretrainOptions): Resolved {
   const r: Resolved = {
     epochs: 100,
-    // SimCLR uses 256 and more; on the wasm backends (4 GB heap) 2 × 256 views of a ResNet-20 step
-    // do not fit, 2 × 128 do.
+    // SimCLR uses 256 and more; 128 leaves room in the wasm backends' heap (4 GB at most) for the
+    // larger encoders (ResNet-18 at 2 × 128 views of 32 px: ~2.7 GB peak RSS on wasm); ResNet-20
+    // at 256 needs ~1.7 GB.
     batchSize: 128,
     model: 'resnet20',
     width: 1,
