@@ -7,6 +7,7 @@
 // registered wasm kernel are the package's own, so nothing else changes.
 import * as tf from '@tensorflow/tfjs';
 import { BackendWasm, setThreadsCount } from '@tensorflow/tfjs-backend-wasm';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -55,11 +56,15 @@ function wasmOutDir(): string {
  * core, os.cpus().length / 2 under Node, read once while the module starts): for the start only,
  * os.cpus() is made to report enough cores that the count asked for is what runs.
  */
-async function threadedBackend(threads: number): Promise<BackendWasm> {
+async function threadedBackend(threads: number, workerScript: string): Promise<BackendWasm> {
   const dir = wasmOutDir();
   const script = join(dir, 'tfjs-backend-wasm-threaded-simd.js');
+  // A pthread that fails to load throws inside its worker's error event, which no caller can
+  // catch: check up front that every file the threads load is there (else the fallback runs).
+  for (const file of [script, join(dir, 'tfjs-backend-wasm-threaded-simd.wasm'), join(dir, 'tfjs-backend-wasm-threaded-simd.worker.js'), workerScript]) {
+    if (!existsSync(file)) throw new Error(`${file} is missing`);
+  }
   const factory = require(script) as ModuleFactory;
-  const workerScript = fileURLToPath(new URL('./wasm-thread-worker.cjs', import.meta.url));
   const osModule = os as { cpus: typeof os.cpus };
   const cpus = osModule.cpus;
   osModule.cpus = () => new Array(2 * threads).fill(cpus()[0]);
@@ -98,7 +103,12 @@ let installedThreads: number | undefined;
  * already running is left as it is). If the threaded build fails to start, the package's own
  * single-threaded factory runs instead and `log` says why. Returns the threads asked for.
  */
-export function installThreadedWasm(threads: number, log: (line: string) => void = () => {}): number {
+export function installThreadedWasm(
+  threads: number,
+  log: (line: string) => void = () => {},
+  /** The pthreads' entry script (tests point it elsewhere to see the fallback). */
+  workerScript = fileURLToPath(new URL('./wasm-thread-worker.cjs', import.meta.url)),
+): number {
   if (threads <= 1 || installedThreads !== undefined) return installedThreads ?? 1;
   if ((tf.engine().registry as Record<string, unknown>).wasm !== undefined) return 1;
   const stock = tf.findBackendFactory('wasm');
@@ -108,7 +118,7 @@ export function installThreadedWasm(threads: number, log: (line: string) => void
     'wasm',
     async () => {
       try {
-        return await threadedBackend(threads);
+        return await threadedBackend(threads, workerScript);
       } catch (err) {
         log(`wasm: the ${threads}-thread build did not start (${err instanceof Error ? err.message : String(err)}); using one thread`);
         setThreadsCount(1);

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { BatchNorm } from '../../models/batch-norm.ts';
-import { MAX_WASM_THREADS, wasmThreadCount } from '../../models/wasm-threads.ts';
+import { activeWasmThreads, installThreadedWasm, MAX_WASM_THREADS, wasmHeapIsShared, wasmThreadCount } from '../../models/wasm-threads.ts';
 import { expectTensorClose } from '../helpers.ts';
 
 describe('wasmThreadCount', () => {
@@ -22,6 +22,21 @@ describe('wasmThreadCount', () => {
 
   it.each(['0', '9', '1.5', 'two'])('refuses SIMCLR_WASM_THREADS=%s, naming it', (value) => {
     expect(() => wasmThreadCount({ SIMCLR_WASM_THREADS: value })).toThrow(/SIMCLR_WASM_THREADS must be a whole number from 1 to 8/);
+  });
+});
+
+describe('when the threaded build cannot start', () => {
+  it("falls back to the package's single-threaded build and says why", async () => {
+    await import('@tensorflow/tfjs-backend-wasm');
+    const lines: string[] = [];
+    installThreadedWasm(2, (line) => lines.push(line), '/nonexistent/wasm-thread-worker.cjs');
+    expect(await tf.setBackend('wasm')).toBe(true);
+    expect(activeWasmThreads()).toBe(1);
+    expect(wasmHeapIsShared()).toBe(false);
+    expect(lines).toEqual([expect.stringMatching(/^wasm: the 2-thread build did not start \(\/nonexistent\/wasm-thread-worker\.cjs is missing\); using one thread$/)]);
+    const y = tf.conv2d(tf.ones([1, 4, 4, 2]) as tf.Tensor4D, tf.ones([3, 3, 2, 1]) as tf.Tensor4D, 1, 'valid');
+    expect(Array.from(y.dataSync())).toEqual([18, 18, 18, 18]);
+    await tf.setBackend('cpu');
   });
 });
 
