@@ -129,6 +129,11 @@ export async function useBackend(
   }
   // Every backend trains with the backprop that frees as it goes (models/gradients.ts).
   installLowMemoryGradients();
+  if (requested === 'wasm' || requested === 'auto') {
+    // A bad SIMCLR_WASM_THREADS is an error here, not a reason for `auto` to skip wasm.
+    const { wasmThreadCount } = await import('./wasm-threads.ts');
+    wasmThreadCount();
+  }
   if (requested !== 'auto') {
     const choice = await load(requested, log);
     await tf.ready();

@@ -52,4 +52,15 @@ describe('useBackend', () => {
   it('refuses an unknown name', async () => {
     await expect(useBackend('webgpu' as never)).rejects.toThrow(/unknown backend 'webgpu'/);
   });
+
+  it.each(['wasm', 'auto'] as const)('refuses a bad SIMCLR_WASM_THREADS for %s instead of skipping wasm', async (name) => {
+    const previous = process.env.SIMCLR_WASM_THREADS;
+    process.env.SIMCLR_WASM_THREADS = 'many';
+    try {
+      await expect(useBackend(name)).rejects.toThrow(/SIMCLR_WASM_THREADS must be a whole number from 1 to 8, got 'many'/);
+    } finally {
+      if (previous === undefined) delete process.env.SIMCLR_WASM_THREADS;
+      else process.env.SIMCLR_WASM_THREADS = previous;
+    }
+  });
 });
