@@ -98,9 +98,7 @@ function batchLast(backend: Backend, x: TensorInfo): TensorInfo {
  */
 function imagesLast(backend: WasmBackend, x: TensorInfo, start: number, n: number): TensorInfo {
   const [, h, w, c] = x.shape;
-  const out = backend.makeOutput([c, h, w, n], 'float32');
-  const src = backend.typedArrayFromHeap(x).byteOffset + start * h * w * c * 4;
-  const dst = backend.typedArrayFromHeap(out).byteOffset;
+  const [out, src, dst] = outputAndOffsets(backend, x, start, [c, h, w, n]);
   simdKernelsOf(backend).transpose4(h * w, n, c, src, h * w * c * 4, c * 4, dst, h * w * n * 4, n * 4);
   return out;
 }
@@ -108,11 +106,16 @@ function imagesLast(backend: WasmBackend, x: TensorInfo, start: number, n: numbe
 /** Images [start, start + n) of x [B, H, W, C] as [H, W, n, C]: C-float rows moved by SIMD copies (C a multiple of 4). */
 function imagesInner(backend: WasmBackend, x: TensorInfo, start: number, n: number): TensorInfo {
   const [, h, w, c] = x.shape;
-  const out = backend.makeOutput([h, w, n, c], 'float32');
-  const src = backend.typedArrayFromHeap(x).byteOffset + start * h * w * c * 4;
-  const dst = backend.typedArrayFromHeap(out).byteOffset;
+  const [out, src, dst] = outputAndOffsets(backend, x, start, [h, w, n, c]);
   simdKernelsOf(backend).copy_rows(n, h * w, c * 4, src, c * 4, h * w * c * 4, dst, n * c * 4, c * 4);
   return out;
+}
+
+/** A new float32 output of `shape`, and the heap byte offsets of image `start` of x and of it. */
+function outputAndOffsets(backend: WasmBackend, x: TensorInfo, start: number, shape: number[]): [TensorInfo, number, number] {
+  const out = backend.makeOutput(shape, 'float32');
+  const src = backend.typedArrayFromHeap(x).byteOffset + start * tf.util.sizeFromShape(x.shape.slice(1)) * 4;
+  return [out, src, backend.typedArrayFromHeap(out).byteOffset];
 }
 
 /**
