@@ -201,8 +201,11 @@ function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: Ba
     dispose(backend, xT, dyT, gradT);
     return grad;
   }
-  // Groups of images (a multiple of 4), each group's gradient summed in float64.
   const wasm = backend as WasmBackend;
+  if (g.filterH === 1 && g.filterW === 1 && g.padTop === 0 && g.padLeft === 0 && g.inH === g.outH * g.strideH && g.inW === g.outW * g.strideW) {
+    return pointwiseFilterGradient(wasm, x, dy, g);
+  }
+  // Groups of images (a multiple of 4), each group's gradient summed in float64.
   const perImage = g.outH * g.outW * outC * 4;
   const group = Math.min(batch, Math.max(4, 4 * Math.floor(filterGradientGroupBytes / perImage / 4)));
   const taps = g.filterH * g.filterW;
@@ -225,6 +228,36 @@ function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: Ba
       for (let co = 0; co < outC; co++) out[to + co] = sum[from + co];
     }
   }
+  return grad;
+}
+
+/**
+ * 1×1 filter gradient (projection shortcuts, bottleneck layers): dW[0, 0] = xsᵀ · dy over the
+ * B·oH·oW pixels the convolution read, xs = x at every stride-th row and column. The pixels are
+ * gathered (strided rows) and transposed by SIMD loops, then one XNNPACK GEMM. Needs the input
+ * to be exactly stride × output in each axis, no padding, and the channels and pixels multiples
+ * of 4 (as the caller checks).
+ */
+function pointwiseFilterGradient(backend: WasmBackend, x: TensorInfo, dy: TensorInfo, g: GradGeometry): TensorInfo {
+  const [batch, , , inC] = x.shape;
+  const outC = dy.shape[3];
+  const pixels = batch * g.outH * g.outW;
+  const simd = simdKernelsOf(backend);
+  let picked = x; // [pixels, Ci]
+  if (g.strideH !== 1 || g.strideW !== 1) {
+    picked = backend.makeOutput([pixels, inC], 'float32');
+    const [src, dst] = [x, picked].map((info) => backend.typedArrayFromHeap(info).byteOffset);
+    // Row k = (b, oh) of the output grid reads input row oh·sH of image b: k·sH·W pixels on.
+    simd.copy_rows(batch * g.outH, g.outW, inC * 4, src, g.strideW * inC * 4, g.strideH * g.inW * inC * 4, dst, inC * 4, g.outW * inC * 4);
+  }
+  const xsT = backend.makeOutput([inC, pixels], 'float32');
+  const [src, dst] = [picked, xsT].map((info) => backend.typedArrayFromHeap(info).byteOffset);
+  simd.transpose4(1, pixels, inC, src, inC * 4, 0, dst, pixels * 4, 0); // [Ci, pixels]
+  if (picked !== x) dispose(backend, picked);
+  const dy2 = callKernel(backend, 'Reshape', { x: dy }, { shape: [pixels, outC] });
+  const product = callKernel(backend, 'BatchMatMul', { a: xsT, b: dy2 }, { transposeA: false, transposeB: false }); // [1, Ci, Co]
+  const grad = callKernel(backend, 'Reshape', { x: product }, { shape: [1, 1, inC, outC] });
+  dispose(backend, xsT, dy2, product);
   return grad;
 }
 

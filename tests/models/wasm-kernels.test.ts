@@ -88,6 +88,10 @@ describe.each([
   { name: 'unequal strides [2, 1], 7×7 valid', xShape: [2, 9, 8, 2], wShape: [7, 7, 2, 3], strides: [2, 1], pad: 'valid' as Pad },
   // Even size with stride 2 'valid': the last row and column are never read by the forward pass.
   { name: 'stride 2 valid on even size', xShape: [3, 8, 10, 4], wShape: [1, 1, 4, 6], strides: [2, 2], pad: 'valid' as Pad },
+  // The 1×1 route (gathered pixels, one GEMM): a projection shortcut, and stride 1 as in bottlenecks.
+  { name: '1×1 stride 2 same on even size, batch 8', xShape: [8, 8, 10, 4], wShape: [1, 1, 4, 8], strides: [2, 2], pad: 'same' as Pad },
+  { name: '1×1 stride [2, 1] valid, batch 4', xShape: [4, 6, 5, 8], wShape: [1, 1, 8, 4], strides: [2, 1], pad: 'valid' as Pad },
+  { name: '1×1 stride 1, batch 4', xShape: [4, 5, 7, 12], wShape: [1, 1, 12, 16], strides: [1, 1], pad: 'same' as Pad },
   { name: 'ResNet stem 7×7 stride 2 same', xShape: [2, 16, 16, 3], wShape: [7, 7, 3, 8], strides: [2, 2], pad: 'same' as Pad },
   { name: 'ResNet downsampling 3×3 stride 2, 32 channels', xShape: [4, 8, 8, 16], wShape: [3, 3, 16, 32], strides: [2, 2], pad: 'same' as Pad },
   { name: 'single-image batch', xShape: [1, 5, 6, 2], wShape: [3, 3, 2, 2], strides: [2, 2], pad: 'same' as Pad },
@@ -216,14 +220,16 @@ describe('registration and memory', () => {
   });
 
   it.each([
-    { route: 'whole batch', batch: 2, inC: 3 },
-    { route: 'groups of 4 images', batch: 8, inC: 4 },
-  ])('leaves no tensors and no wasm buffers behind ($route)', async ({ batch, inC }) => {
+    { route: 'whole batch', batch: 2, inC: 3, k: 3 },
+    { route: 'groups of 4 images', batch: 8, inC: 4, k: 3 },
+    { route: '1×1, gathered pixels', batch: 8, inC: 4, k: 1 },
+  ])('leaves no tensors and no wasm buffers behind ($route)', async ({ batch, inC, k }) => {
     await tf.setBackend('wasm');
     const previous = setFilterGradientGroupBytes(1);
     onTestFinished(() => void setFilterGradientGroupBytes(previous));
-    const x = tf.tensor4d(seededValues(batch * 9 * 7 * inC, 7), [batch, 9, 7, inC]);
-    const w = tf.tensor4d(seededValues(3 * 3 * inC * 4, 8), [3, 3, inC, 4]);
+    // 10 × 8: even, so the 1×1 stride-2 convolutions take the gathered-pixel route.
+    const x = tf.tensor4d(seededValues(batch * 10 * 8 * inC, 7), [batch, 10, 8, inC]);
+    const w = tf.tensor4d(seededValues(k * k * inC * 4, 8), [k, k, inC, 4]);
     const grad = grads2((a, b) => tf.sum(tf.conv2d(a, b, 2, 'same')));
     tf.dispose(grad([x, w])); // first call may allocate lazily
     const tensors = tf.memory().numTensors;
