@@ -150,10 +150,19 @@ function registerReluGradientFromOutput(): void {
     outputsToSave: [true],
     gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
       const [y] = saved;
-      return { x: () => tf.mul(dy as tf.Tensor, tf.step(y)) };
+      return {
+        x: () =>
+          // One pass where a backend has it (wasm, onnxruntime: models/wasm-kernels.ts).
+          tf.getKernel(RELU_GRAD, tf.getBackend()) !== undefined
+            ? (tf.engine().runKernel(RELU_GRAD, { dy: dy as tf.Tensor, y }) as tf.Tensor)
+            : tf.mul(dy as tf.Tensor, tf.step(y)),
+      };
     },
   });
 }
+
+/** Kernel {dy, y} → dy · step(y), ReLU's gradient from its output, in one pass. */
+export const RELU_GRAD = 'SimclrReluGrad';
 
 /**
  * Makes tf.grads / tf.variableGrads / optimizer.minimize free gradients and saved tensors during

@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 // Imported for its side effect: wasm's own kernels must be registered before ours replace one.
 import '@tensorflow/tfjs-backend-wasm';
 import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './batch-norm.ts';
+import { RELU_GRAD } from './gradients.ts';
 import { simdKernelsOf, wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.ts';
 
 type TensorInfo = tf.TensorInfo;
@@ -413,11 +414,25 @@ function identity(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackend }):
   return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
 }
 
+/** dy · step(y) in one SIMD pass (tfjs: a Step and a Multiply); the last n mod 4 in JS. */
+function reluGrad(args: { inputs: tf.NamedTensorInfoMap; backend: Backend }): TensorInfo {
+  const backend = args.backend as WasmBackend;
+  const { dy, y } = args.inputs as unknown as { dy: TensorInfo; y: TensorInfo };
+  if (dy.dtype !== 'float32' || y.dtype !== 'float32') throw new Error(`${RELU_GRAD} on wasm: float32 only, got ${dy.dtype} and ${y.dtype}`);
+  const out = backend.makeOutput(y.shape, 'float32');
+  const [g, v, dx] = [dy, y, out].map((info) => backend.typedArrayFromHeap(info) as Float32Array);
+  const body = v.length - (v.length % 4);
+  simdKernelsOf(backend).relu_grad(body * 4, g.byteOffset, v.byteOffset, dx.byteOffset);
+  for (let i = body; i < v.length; i++) dx[i] = g[i] * (Number.isNaN(v[i]) ? Number.NaN : v[i] > 0 ? 1 : 0);
+  return out;
+}
+
 const TRAINING_KERNELS: tf.KernelConfig[] = [
   { kernelName: 'Identity', backendName: BACKEND, kernelFunc: identity as unknown as tf.KernelFunc },
   { kernelName: 'Conv2DBackpropFilter', backendName: BACKEND, kernelFunc: conv2DBackpropFilter as unknown as tf.KernelFunc },
   { kernelName: 'Conv2DBackpropInput', backendName: BACKEND, kernelFunc: conv2DBackpropInput as unknown as tf.KernelFunc },
   { kernelName: 'Tile', backendName: BACKEND, kernelFunc: tile as unknown as tf.KernelFunc },
+  { kernelName: RELU_GRAD, backendName: BACKEND, kernelFunc: reluGrad as unknown as tf.KernelFunc },
   { kernelName: BATCH_NORM_FORWARD, backendName: BACKEND, kernelFunc: wasmBatchNormForward as unknown as tf.KernelFunc },
   { kernelName: BATCH_NORM_BACKWARD, backendName: BACKEND, kernelFunc: wasmBatchNormBackward as unknown as tf.KernelFunc },
 ];

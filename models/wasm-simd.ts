@@ -57,6 +57,12 @@ const simd = (opcode: number): Code => [0xfd, ...uleb(opcode)];
 const load = (address: Code): Code => [...address, ...simd(0x00), V128_ALIGN, 0];
 const store = (address: Code, value: Code): Code => [...address, ...value, ...simd(0x0b), V128_ALIGN, 0];
 const zero = (): Code => [...simd(0x0c), ...new Array<number>(16).fill(0)]; // v128.const 0
+const ones = (): Code => [...simd(0x0c), ...[0, 0, 0x80, 0x3f, 0, 0, 0x80, 0x3f, 0, 0, 0x80, 0x3f, 0, 0, 0x80, 0x3f]]; // f32x4 1.0
+const fne = (a: Code, b: Code): Code => [...a, ...b, ...simd(0x42)];
+const fgt = (a: Code, b: Code): Code => [...a, ...b, ...simd(0x44)];
+const and = (a: Code, b: Code): Code => [...a, ...b, ...simd(0x4e)];
+/** Bits of a where mask is set, of b elsewhere. */
+const bitselect = (a: Code, b: Code, mask: Code): Code => [...a, ...b, ...mask, ...simd(0x52)];
 const fadd = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe4)];
 const fsub = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe5)];
 const fmul = (a: Code, b: Code): Code => [...a, ...b, ...simd(0xe6)];
@@ -181,7 +187,7 @@ const ROW_KERNELS: RowKernel[] = [
   },
 ];
 
-// --- layout kernels --------------------------------------------------------------------------
+// --- layout and elementwise kernels --------------------------------------------------------------------------
 
 /** A function with `params` i32 parameters and the given extra locals. */
 interface LayoutKernel {
@@ -241,7 +247,22 @@ function copyRows(): LayoutKernel {
   return { name: 'copy_rows', params: 9, code: functionCode([[5, I32]], body) };
 }
 
-const LAYOUT_KERNELS: LayoutKernel[] = [transpose4(), copyRows()];
+/**
+ * relu_grad(bytes, dy, y, dx): dx = dy · step(y) over `bytes` (a multiple of 16) of float32, in
+ * one pass — step(y) = 1 where y > 0, 0 where not, NaN where y is NaN, as tfjs's Step, so the
+ * result is bit for bit tfjs's Multiply(dy, Step(y)).
+ */
+function reluGrad(): LayoutKernel {
+  const [BYTES, DY, Y, DX] = [0, 1, 2, 3];
+  const [o, v] = [4, 5];
+  const body = forLoop(o, i32(0), get(BYTES), i32(16), [
+    ...load(add(get(Y), get(o))), ...set(v),
+    ...store(add(get(DX), get(o)), fmul(load(add(get(DY), get(o))), bitselect(get(v), and(fgt(get(v), zero()), ones()), fne(get(v), get(v))))),
+  ]);
+  return { name: 'relu_grad', params: 4, code: functionCode([[1, I32], [1, V128]], body) };
+}
+
+const LAYOUT_KERNELS: LayoutKernel[] = [transpose4(), copyRows(), reluGrad()];
 
 /** Largest wasm32 memory, in 64 KiB pages: the declared maximum of a shared memory import. */
 const MAX_PAGES = 65536;
@@ -285,6 +306,8 @@ export interface SimdRowKernels {
   affine2(rows: number, rowBytes: number, p: number, q: number, out: number, a: number, b: number, centre: number, d: number): void;
   /** count × ([rows, cols] → [cols, rows]); rows and cols multiples of 4 (see transpose4()). */
   transpose4(count: number, rows: number, cols: number, src: number, srcRowBytes: number, srcStep: number, dst: number, dstRowBytes: number, dstStep: number): void;
+  /** dx = dy · step(y) over `bytes` (a multiple of 16) of float32 (see reluGrad()). */
+  relu_grad(bytes: number, dy: number, y: number, dx: number): void;
   /** count × rows copies of rowBytes (a multiple of 16) between strided places (see copyRows()). */
   copy_rows(count: number, rows: number, rowBytes: number, src: number, srcRowStride: number, srcStep: number, dst: number, dstRowStride: number, dstStep: number): void;
 }

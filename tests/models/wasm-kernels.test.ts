@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { BatchNorm } from '../../models/batch-norm.ts';
+import { installLowMemoryGradients } from '../../models/gradients.ts';
 import { registerWasmTrainingKernels, setFilterGradientGroupBytes } from '../../models/wasm-kernels.ts';
 import { activeWasmThreads, installThreadedWasm, wasmHeapIsShared } from '../../models/wasm-threads.ts';
 import { expectTensorClose, seededValues } from '../helpers.ts';
@@ -259,5 +260,46 @@ describe('registration and memory', () => {
     expect(tf.engine().backend.numDataIds()).toBe(buffers);
     x.dispose();
     for (const w of layer.weights) (w as unknown as { dispose(): void }).dispose();
+  });
+});
+
+describe('ReLU gradient (SimclrReluGrad on wasm)', () => {
+  // The project's ReLU gradient (from the output), as every backend trains with it.
+  beforeAll(() => {
+    expect(installLowMemoryGradients()).toBe(true);
+  });
+
+  // 4·5·7 = 140 values, then 3 more: the SIMD body and the JS tail; NaN and ±0 among them.
+  const values = (n: number, seed: number): Float32Array => Float32Array.from(seededValues(n, seed), (v, i) => (i === 5 ? Number.NaN : i === 6 ? -0 : i === 7 ? 0 : v));
+
+  it.each([140, 143])('matches cpu (tfjs Step × Multiply) on %i values, NaN kept', async (n) => {
+    const grad = (): Float32Array =>
+      tf.tidy(() => {
+        const x = tf.tensor1d(values(n, 4));
+        const r = tf.tensor1d(seededValues(n, 5));
+        return tf.grad((a: tf.Tensor) => tf.sum(tf.mul(tf.relu(a), r)))(x).dataSync() as Float32Array;
+      });
+    await tf.setBackend('cpu');
+    const cpu = grad();
+    await tf.setBackend('wasm');
+    const wasm = grad();
+    const profile = await tf.profile(() => void grad());
+    expect(profile.kernelNames).toContain('SimclrReluGrad');
+    expect(profile.kernelNames).not.toContain('Step');
+    expect(Number.isNaN(wasm[5])).toBe(true);
+    expect(Array.from(wasm)).toEqual(Array.from(cpu));
+  });
+
+  it('leaves no tensors and no wasm buffers behind', async () => {
+    await tf.setBackend('wasm');
+    const x = tf.tensor2d(values(143, 6), [11, 13]);
+    const g = tf.grad((a: tf.Tensor) => tf.sum(tf.relu(a)));
+    g(x).dispose();
+    const tensors = tf.memory().numTensors;
+    const buffers = tf.engine().backend.numDataIds();
+    for (let i = 0; i < 3; i++) g(x).dispose();
+    expect(tf.memory().numTensors).toBe(tensors);
+    expect(tf.engine().backend.numDataIds()).toBe(buffers);
+    x.dispose();
   });
 });

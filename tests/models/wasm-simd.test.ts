@@ -120,3 +120,20 @@ describe.each([false, true])('layout loops, shared memory %s', (shared) => {
     expect(Number.isNaN(f32[OUT + n * hw * c])).toBe(true);
   });
 });
+
+describe.each([false, true])('relu_grad, shared memory %s', (shared) => {
+  it("dy · step(y) as tfjs's Step and Multiply: 0 where y ≤ 0, NaN where y is NaN", () => {
+    const memory = newWasmMemory(1, shared);
+    const k = simdRowKernels(memory);
+    const f32 = new Float32Array(memory.buffer);
+    const y = Float32Array.from([1, 0, -0, -2, Number.NaN, 3e-39, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]);
+    const dy = Float32Array.from([2, 3, 4, 5, 6, 7, Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY]);
+    f32.fill(Number.NaN);
+    f32.set(dy, 0);
+    f32.set(y, 8);
+    k.relu_grad(32, 0, 32, 64);
+    // 3e-39 is a positive subnormal: > 0. ∞ · 0 = NaN, as Multiply gives.
+    expect(Array.from(f32.subarray(16, 24))).toEqual([2, 0, 0, 0, Number.NaN, 7, Number.POSITIVE_INFINITY, Number.NaN]);
+    expect(Number.isNaN(f32[24])).toBe(true); // nothing past the end
+  });
+});
