@@ -96,21 +96,20 @@ async function threadedBackend(threads: number, workerScript: string): Promise<B
   return new BackendWasm(module as unknown as ConstructorParameters<typeof BackendWasm>[0]);
 }
 
-let installedThreads: number | undefined;
+let installed = false;
 
 /**
  * Makes the 'wasm' backend start on `threads` threads (when it is first initialised; a backend
  * already running is left as it is). If the threaded build fails to start, the package's own
- * single-threaded factory runs instead and `log` says why. Returns the threads asked for.
+ * single-threaded factory runs instead and `log` says why.
  */
 export function installThreadedWasm(
   threads: number,
   log: (line: string) => void = () => {},
   /** The pthreads' entry script (tests point it elsewhere to see the fallback). */
   workerScript = fileURLToPath(new URL('./wasm-thread-worker.cjs', import.meta.url)),
-): number {
-  if (threads <= 1 || installedThreads !== undefined) return installedThreads ?? 1;
-  if ((tf.engine().registry as Record<string, unknown>).wasm !== undefined) return 1;
+): void {
+  if (threads <= 1 || installed || runningWasm() !== undefined) return;
   const stock = tf.findBackendFactory('wasm');
   if (stock === undefined || stock === null) throw new Error("tfjs-backend-wasm has not registered its 'wasm' backend");
   tf.removeBackend('wasm');
@@ -127,19 +126,26 @@ export function installThreadedWasm(
     },
     WASM_PRIORITY,
   );
-  installedThreads = threads;
-  return threads;
+  installed = true;
+}
+
+/** The parts of an initialised BackendWasm read here. */
+interface RunningWasm {
+  wasm?: { tfjs?: { getThreadsCount(): number }; HEAPU8?: Uint8Array };
+}
+
+/** The 'wasm' backend if it has been initialised (tfjs's registry; findBackend would start it). */
+function runningWasm(): RunningWasm | undefined {
+  return (tf.engine().registry as Record<string, RunningWasm | undefined>).wasm;
 }
 
 /** Threads the running 'wasm' backend's XNNPACK pool uses (1 when it runs single-threaded). */
 export function activeWasmThreads(): number {
-  const backend = (tf.engine().registry as Record<string, unknown>).wasm as { wasm?: { tfjs?: { getThreadsCount(): number } } } | undefined;
-  return backend?.wasm?.tfjs?.getThreadsCount() ?? 1;
+  return runningWasm()?.wasm?.tfjs?.getThreadsCount() ?? 1;
 }
 
 /** Whether the running 'wasm' backend's heap is a SharedArrayBuffer (the threaded build). */
 export function wasmHeapIsShared(): boolean {
-  const backend = (tf.engine().registry as Record<string, unknown>).wasm as { wasm?: { HEAPU8?: Uint8Array } } | undefined;
-  const heap = backend?.wasm?.HEAPU8;
+  const heap = runningWasm()?.wasm?.HEAPU8;
   return heap !== undefined && typeof SharedArrayBuffer !== 'undefined' && heap.buffer instanceof SharedArrayBuffer;
 }
