@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { buildProjectionHead } from './head.ts';
 import { ntXentLoss } from './losses.ts';
 import { buildEncoder } from './resnet.ts';
+import { trainStep } from './train-step.ts';
 
 export interface SimclrModelOptions {
   /** Encoder registry name (models/resnet.ts). */
@@ -56,30 +57,20 @@ export interface StepResult {
 /**
  * One SimCLR step: encoder and head on concat(view1, view2) in training mode (batch-norm statistics
  * over all 2N images, moving averages updated), NT-Xent on the split projections, gradients of
- * every trainable weight applied by `optimizer`. Reads the loss back (one sync per step).
- * view1, view2: [N, S, S, 3].
+ * every trainable weight applied by `optimizer`. view1, view2: [N, S, S, 3].
  */
 export function simclrStep(model: SimclrModel, optimizer: tf.Optimizer, view1: tf.Tensor4D, view2: tf.Tensor4D, temperature: number): StepResult {
-  const vars = trainableVariables(model);
-  let accuracy: tf.Scalar | null = null;
-  const lossTensor = tf.tidy(() => {
-    const x = tf.concat([view1, view2], 0); // [2N, S, S, 3]
-    const { value, grads } = tf.variableGrads(() => {
+  const x = tf.concat([view1, view2], 0); // [2N, S, S, 3]
+  try {
+    return trainStep(trainableVariables(model), optimizer, () => {
       const h = model.encoder.apply(x, { training: true }) as tf.Tensor2D; // [2N, D]
       const z = model.head.apply(h, { training: true }) as tf.Tensor2D; // [2N, 128]
       const [z1, z2] = tf.split(z, 2, 0) as [tf.Tensor2D, tf.Tensor2D]; // [N, 128] each
-      const result = ntXentLoss(z1, z2, temperature);
-      accuracy = tf.keep(result.accuracy);
-      return result.loss;
-    }, vars);
-    optimizer.applyGradients(grads);
-    return value;
-  });
-  try {
-    return { loss: (lossTensor.dataSync() as Float32Array)[0], accuracy: (accuracy as tf.Scalar | null)?.dataSync()[0] ?? NaN };
+      const { loss, accuracy } = ntXentLoss(z1, z2, temperature);
+      return { loss, scalars: { accuracy } };
+    });
   } finally {
-    lossTensor.dispose();
-    (accuracy as tf.Scalar | null)?.dispose();
+    x.dispose();
   }
 }
 

@@ -11,7 +11,7 @@ import { SCHEMA_VERSION, schemaInfo } from '../../data/schemas.ts';
 import { writeShards } from '../../data/shards.ts';
 import { layersModelFiles } from '../../models/checkpoint.ts';
 import { buildSimclrModel } from '../../models/simclr.ts';
-import { epochPermutation, holdoutSplit, limitRows, pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
+import { holdoutSplit, pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
 import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
 
 const SIZE = 8;
@@ -181,28 +181,7 @@ console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), 
   });
 });
 
-describe('epochPermutation and holdoutSplit', () => {
-  it('permutes deterministically per (seed, epoch)', () => {
-    const p = epochPermutation(3, 0, 100);
-    expect([...p].sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i));
-    expect(epochPermutation(3, 0, 100)).toEqual(p);
-    expect(epochPermutation(3, 1, 100)).not.toEqual(p);
-    expect(epochPermutation(4, 0, 100)).not.toEqual(p);
-  });
-
-  it('limits to a seeded random subset spread over the classes, not the first rows', () => {
-    const rows = Array.from({ length: 1000 }, (_, i) => i); // 10 classes of 100, sorted by class
-    const picked = limitRows(rows, 100, 0);
-    expect(picked).toHaveLength(100);
-    expect(new Set(picked).size).toBe(100);
-    expect(picked).toEqual([...picked].sort((a, b) => a - b));
-    const classes = new Set(picked.map((r) => Math.floor(r / 100)));
-    expect(classes.size).toBe(10);
-    expect(limitRows(rows, 100, 0)).toEqual(picked);
-    expect(limitRows(rows, 100, 1)).not.toEqual(picked);
-    expect(limitRows(rows, 0, 0)).toBe(rows);
-  });
-
+describe('holdoutSplit', () => {
   it('holds out the last N of each class', () => {
     const images = { ids: ['a', 'b', 'c', 'd', 'e', 'f'], labels: Int32Array.from([0, 1, 0, 1, 0, -1]), pixels: new Uint8Array(0), height: 1, width: 1, classes: ['x', 'y'] };
     expect(holdoutSplit(images, 1)).toEqual({ train: [0, 1, 2, 5], heldOut: [4, 3] });

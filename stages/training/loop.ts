@@ -1,0 +1,292 @@
+// The loop every training stage runs on: resume at (epoch, step) with the same data order, atomic
+// checkpoints per epoch and on a signal, metrics.jsonl, progress, the non-finite-loss and
+// out-of-memory stops, and an evaluation hook every K epochs. A stage brings its step and batches.
+import { appendFile, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type * as tf from '@tensorflow/tfjs';
+import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../../models/checkpoint.ts';
+import type { WeightDecayOptimizer } from '../../models/optimizers.ts';
+
+/** A bad option, dataset or checkpoint for a training stage: the CLI exits 2. */
+export class TrainingInputError extends Error {
+  override name = 'TrainingInputError';
+}
+
+/** The run stopped on a signal after writing a checkpoint. */
+export class TrainingInterruptedError extends Error {
+  override name = 'TrainingInterruptedError';
+}
+
+/** A training step did not fit in the backend's memory. */
+export class TrainingOutOfMemoryError extends Error {
+  override name = 'TrainingOutOfMemoryError';
+}
+
+/** The loss became NaN or infinite. */
+export class NonFiniteLossError extends Error {
+  override name = 'NonFiniteLossError';
+}
+
+/** Where a run stands; saved in every checkpoint's state.json as `train`. */
+export interface TrainingState {
+  /** Next epoch to run (or the current one, when stepInEpoch > 0). */
+  epoch: number;
+  /** Steps of `epoch` already taken. */
+  stepInEpoch: number;
+  globalStep: number;
+}
+
+/** A training run's models, optimizer and files, fresh or restored from its last checkpoint. */
+export interface TrainingRun<M extends string = string> {
+  /** Stage name, for messages (`pretrain`). */
+  stage: string;
+  models: Record<M, tf.LayersModel>;
+  optimizer: WeightDecayOptimizer;
+  state: TrainingState;
+  checkpointDir: string;
+  metricsFile: string;
+  /** What must match for the checkpoint to be resumed; saved beside the state. */
+  key: Record<string, JsonValue>;
+  /** Settings recorded in the checkpoint for a reader (schedule, temperature, ...). */
+  config: Record<string, JsonValue>;
+}
+
+export interface OpenTrainingOptions<M extends string> {
+  stage: string;
+  outDir: string;
+  /** The freshly built models; replaced (and disposed) by the checkpoint's when resuming. */
+  models: Record<M, tf.LayersModel>;
+  optimizer: WeightDecayOptimizer;
+  key: Record<string, JsonValue>;
+  config?: Record<string, JsonValue>;
+  resume: boolean;
+  log?: (line: string) => void;
+}
+
+/**
+ * Starts a run in `outDir`: with `resume`, restores models, optimizer state and position from
+ * `outDir/checkpoint` after checking that it was made with the same `key`; otherwise empties
+ * metrics.jsonl. On failure the models passed in are left to the caller, untouched.
+ */
+export async function openTraining<M extends string>(options: OpenTrainingOptions<M>): Promise<TrainingRun<M>> {
+  const { stage, outDir, key } = options;
+  await mkdir(outDir, { recursive: true });
+  const checkpointDir = join(outDir, 'checkpoint');
+  const metricsFile = join(outDir, 'metrics.jsonl');
+  const run: TrainingRun<M> = {
+    stage,
+    models: options.models,
+    optimizer: options.optimizer,
+    state: { epoch: 0, stepInEpoch: 0, globalStep: 0 },
+    checkpointDir,
+    metricsFile,
+    key,
+    config: options.config ?? {},
+  };
+  if (!options.resume) {
+    // A fresh run replaces the metrics of any earlier one in this directory.
+    await writeFile(metricsFile, '');
+    return run;
+  }
+  if ((await findCheckpoint(checkpointDir)) === null) {
+    throw new TrainingInputError(`${stage} --resume: no checkpoint in ${checkpointDir} to resume from`);
+  }
+  // The key first, from the state alone: a checkpoint of another run loads nothing into the optimizer.
+  const saved = (await loadCheckpoint(checkpointDir, { models: [] })).state as unknown as { train: TrainingState; key?: Record<string, JsonValue> };
+  for (const [k, v] of Object.entries(key)) {
+    if (saved.key?.[k] !== v) {
+      throw new TrainingInputError(`${stage} --resume: the checkpoint in ${checkpointDir} was made with ${k} = ${JSON.stringify(saved.key?.[k])}, this run has ${JSON.stringify(v)}`);
+    }
+  }
+  const loaded = await loadCheckpoint(checkpointDir, { models: Object.keys(options.models), optimizer: options.optimizer });
+  for (const m of Object.values<tf.LayersModel>(options.models)) m.dispose();
+  run.models = loaded.models as Record<M, tf.LayersModel>;
+  run.state = (loaded.state as unknown as { train: TrainingState }).train;
+  return run;
+}
+
+/** Saves models, optimizer and `state` atomically in the run's checkpoint directory. */
+function saveTraining(run: TrainingRun, state: TrainingState): Promise<void> {
+  return saveCheckpoint(run.checkpointDir, {
+    models: run.models,
+    optimizer: run.optimizer,
+    state: { train: { ...state }, key: run.key, config: { ...run.key, ...run.config } },
+  });
+}
+
+export interface StepInfo {
+  epoch: number;
+  /** Step within the epoch, from 0. */
+  step: number;
+  globalStep: number;
+  lr: number;
+}
+
+export interface ProgressInfo {
+  epoch: number;
+  step: number;
+  stepsPerEpoch: number;
+  loss: number;
+  imagesPerSecond: number;
+}
+
+/** Metrics computed every `every` epochs, after the last epoch, and (with `atStart`) before a fresh run's first step. */
+export interface EvaluationHook {
+  every: number;
+  atStart?: boolean;
+  run(when: { epoch: number; atStart: boolean }): Promise<Record<string, number>> | Record<string, number>;
+}
+
+export interface TrainingLoopOptions<B> {
+  epochs: number;
+  stepsPerEpoch: number;
+  /** The batches of `epoch` from step `fromStep` on: the same order on every call, so a resumed run sees what it would have. */
+  batches(epoch: number, fromStep: number): AsyncIterable<B> | Iterable<B>;
+  /** One optimisation step; returns the loss and the metrics to average beside it, by their metrics.jsonl names. */
+  step(batch: B, info: StepInfo): { loss: number } & Record<string, number>;
+  /** Images a batch counts for images/s (SimCLR counts both views). */
+  imagesIn(batch: B): number;
+  /** Learning rate of a global step. */
+  schedule(step: number): number;
+  /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
+  logEvery: number;
+  evaluation?: EvaluationHook;
+  /** The epoch row's figures for its log line (default: each averaged metric, images/s, seconds). */
+  formatEpoch?(row: Record<string, unknown>): string;
+  /** Backend name and a description of one step, for the out-of-memory advice. */
+  backend: string;
+  describeStep(batch: B): string;
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+  onProgress?: (info: ProgressInfo) => void;
+}
+
+export interface TrainingResult {
+  /** Epoch means of the last epoch run (loss, the step's metrics, images_per_second), the epochs and steps done, the last evaluation. */
+  metrics: { loss: number; images_per_second: number; epochs: number; steps: number } & Record<string, number>;
+  /** What the evaluation hook gave before the first step (fresh runs with atStart only). */
+  initial?: Record<string, number>;
+}
+
+/** When the wasm heap (4 GB at most) cannot grow, emscripten aborts or a kernel writes out of bounds; the instance is unusable afterwards. */
+function isOutOfMemory(err: unknown): boolean {
+  return err instanceof Error && err.name === 'RuntimeError' && /^Aborted|memory access out of bounds/.test(err.message);
+}
+
+/** Runs `run` from where it stands to `epochs`; see TrainingLoopOptions. Throws the errors above. */
+export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOptions<B>): Promise<TrainingResult> {
+  const { stage, checkpointDir, optimizer } = run;
+  const { epochs, stepsPerEpoch, logEvery, evaluation } = options;
+  const writeMetrics = (row: Record<string, unknown>) => appendFile(run.metricsFile, JSON.stringify(row) + '\n');
+  const metrics: TrainingResult['metrics'] = { loss: NaN, images_per_second: NaN, epochs: 0, steps: run.state.globalStep };
+  const result: TrainingResult = { metrics };
+
+  if (evaluation?.atStart && run.state.globalStep === 0) {
+    result.initial = await evaluation.run({ epoch: 0, atStart: true });
+    await writeMetrics({ epoch: 0, step: 0, ...result.initial });
+  }
+
+  let interrupted = false;
+  const onAbort = () => {
+    interrupted = true;
+  };
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for (let epoch = run.state.epoch; epoch < epochs; epoch++) {
+      const skip = epoch === run.state.epoch ? run.state.stepInEpoch : 0;
+      const epochSums = new Map<string, number>();
+      const windowSums = new Map<string, number>();
+      let epochSteps = 0;
+      let epochImages = 0;
+      let windowSteps = 0;
+      let windowImages = 0;
+      let windowStart = performance.now();
+      const epochStart = performance.now();
+      let stepInEpoch = skip;
+      options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
+      for await (const batch of options.batches(epoch, skip)) {
+        const lr = options.schedule(run.state.globalStep);
+        optimizer.setLearningRate(lr);
+        let scalars;
+        try {
+          scalars = options.step(batch, { epoch, step: stepInEpoch, globalStep: run.state.globalStep, lr });
+        } catch (err) {
+          if (!isOutOfMemory(err)) throw err;
+          throw new TrainingOutOfMemoryError(
+            `${stage}: the ${options.backend} backend ran out of memory (its heap is at most 4 GB) in ${options.describeStep(batch)}; ` +
+              `use a smaller --batch-size (about half)${(await findCheckpoint(checkpointDir)) ? ` and --resume from ${checkpointDir}` : ''}`,
+          );
+        }
+        if (!Number.isFinite(scalars.loss)) {
+          const last = await findCheckpoint(checkpointDir);
+          throw new NonFiniteLossError(
+            `${stage}: loss is ${scalars.loss} at epoch ${epoch + 1} step ${stepInEpoch + 1} (global step ${run.state.globalStep + 1}, lr ${lr.toPrecision(3)}); ` +
+              (last ? `last good checkpoint: ${last} (resume with --resume, perhaps with a lower --lr)` : 'no checkpoint was written yet; try a lower --lr'),
+          );
+        }
+        stepInEpoch++;
+        run.state = { epoch, stepInEpoch, globalStep: run.state.globalStep + 1 };
+        for (const [k, v] of Object.entries(scalars)) {
+          epochSums.set(k, (epochSums.get(k) ?? 0) + v);
+          windowSums.set(k, (windowSums.get(k) ?? 0) + v);
+        }
+        const images = options.imagesIn(batch);
+        epochSteps++;
+        epochImages += images;
+        windowSteps++;
+        windowImages += images;
+        const imagesPerSecond = windowImages / ((performance.now() - windowStart) / 1000);
+        options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: scalars.loss, imagesPerSecond });
+        if (windowSteps === logEvery) {
+          await writeMetrics({ epoch: epoch + 1, step: run.state.globalStep, ...means(windowSums, windowSteps), lr, images_per_second: imagesPerSecond });
+          windowSums.clear();
+          windowSteps = windowImages = 0;
+          windowStart = performance.now();
+        }
+        if (interrupted) break;
+      }
+      if (interrupted) {
+        const s = run.state;
+        await saveTraining(run, s.stepInEpoch === stepsPerEpoch ? { epoch: epoch + 1, stepInEpoch: 0, globalStep: s.globalStep } : s);
+        throw new TrainingInterruptedError(
+          `${stage} interrupted at epoch ${epoch + 1} step ${s.stepInEpoch} of ${stepsPerEpoch}; checkpoint written to ${checkpointDir}; ` +
+            `continue with the same command plus --resume`,
+        );
+      }
+      const seconds = (performance.now() - epochStart) / 1000;
+      run.state = { epoch: epoch + 1, stepInEpoch: 0, globalStep: run.state.globalStep };
+      Object.assign(metrics, means(epochSums, Math.max(1, epochSteps)), {
+        images_per_second: epochImages / seconds,
+        epochs: epoch + 1,
+        steps: run.state.globalStep,
+      });
+      const row: Record<string, unknown> = {
+        epoch: epoch + 1,
+        step: run.state.globalStep,
+        ...means(epochSums, Math.max(1, epochSteps)),
+        lr: options.schedule(run.state.globalStep - 1),
+        images_per_second: metrics.images_per_second,
+        epoch_seconds: seconds,
+        summary: 'epoch',
+      };
+      if (evaluation && ((epoch + 1) % evaluation.every === 0 || epoch + 1 === epochs)) {
+        const evaluated = await evaluation.run({ epoch: epoch + 1, atStart: false });
+        Object.assign(metrics, evaluated);
+        Object.assign(row, evaluated);
+      }
+      await writeMetrics(row);
+      await saveTraining(run, run.state);
+      const summary =
+        options.formatEpoch?.(row) ??
+        [...epochSums.keys()].map((k) => `${k} ${(row[k] as number).toFixed(4)}`).join(' ') + ` ${metrics.images_per_second.toFixed(0)} images/s (${seconds.toFixed(0)} s)`;
+      options.log?.(`${stage}: epoch ${epoch + 1}/${epochs} ${summary}`);
+    }
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  return result;
+}
+
+function means(sums: Map<string, number>, count: number): Record<string, number> {
+  return Object.fromEntries([...sums].map(([k, v]) => [k, v / count]));
+}
