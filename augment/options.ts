@@ -4,6 +4,8 @@
 /** simclr: two fully augmented views; finetune: crop + flip, one view; eval: centre crop, one view. */
 export type AugmentPreset = 'simclr' | 'finetune' | 'eval';
 export const AUGMENT_PRESETS: readonly AugmentPreset[] = ['simclr', 'finetune', 'eval'];
+/** SimCLR's two-view transform unless a preset is named. */
+export const DEFAULT_PRESET: AugmentPreset = 'simclr';
 
 export interface AugmentOptions {
   preset: AugmentPreset;
@@ -78,7 +80,7 @@ function presetDefaults(preset: AugmentPreset, outputSize: number): AugmentOptio
 
 /** Merges `input` over the preset's defaults and validates every field; throws naming the field. */
 export function resolveAugmentOptions(input: AugmentOptionsInput = {}): AugmentOptions {
-  const preset = input.preset ?? 'simclr';
+  const preset = input.preset ?? DEFAULT_PRESET;
   if (!AUGMENT_PRESETS.includes(preset)) {
     throw new Error(`augment.preset must be one of ${AUGMENT_PRESETS.join(', ')}, got ${String(preset)}`);
   }

@@ -22,13 +22,32 @@ export interface OptionSpec {
 export type OptionSpecs = Record<string, OptionSpec>;
 export type ResolvedConfig = Record<string, string | number | boolean | undefined>;
 
+/** The value an option resolves to: a number, a boolean, one of its choices or a string. */
+export type OptionValue<S extends OptionSpec> = S extends { type: 'int' | 'number' }
+  ? number
+  : S extends { type: 'boolean' }
+    ? boolean
+    : S extends { choices: readonly (infer C extends string)[] }
+      ? C
+      : string;
+
+/** A resolved config typed by its specs: an option with a default is always set, others may be undefined. */
+export type ConfigOf<S extends OptionSpecs> = {
+  [K in keyof S]: S[K] extends { default: string | number | boolean } ? OptionValue<S[K]> : OptionValue<S[K]> | undefined;
+};
+
+/** Declares option specs keeping their literal types, so ConfigOf can type the resolved config. */
+export function defineOptions<const S extends OptionSpecs>(specs: S): S {
+  return specs;
+}
+
 /** A config file, `--set` or flag value that is wrong; the CLI exits 2 with its one-line message. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
 /** Options every stage takes (DESIGN.md: CLI contract). */
-export const COMMON_OPTIONS: OptionSpecs = {
+export const COMMON_OPTIONS = defineOptions({
   seed: { type: 'int', default: 0, min: 0, describe: 'random seed (augmentation, initialisation, data order)' },
   workers: { type: 'int', min: 1, max: 256, describe: 'augmentation/decoding threads (default: cores)' },
   backend: {
@@ -37,7 +56,7 @@ export const COMMON_OPTIONS: OptionSpecs = {
     choices: BACKEND_NAMES,
     describe: 'compute backend; auto takes the first that loads',
   },
-};
+});
 
 /** `batch_size`, `batch-size` and `batchSize` all name the option `batchSize`. */
 export function normaliseKey(key: string): string {
@@ -166,7 +185,7 @@ export function resolveConfig({ stage, specs, file, set = [], flags, extraFileKe
       if (extraFileKeys.includes(key)) continue;
       // Common keys only apply where the stage knows them; a key no stage knows is an error.
       if (specs[key]) apply(key, value, `config file ${file.path}`);
-      else if (!COMMON_OPTIONS[key]) throw new ConfigError(`config file ${file.path}: unknown top-level key '${raw}'`);
+      else if (!Object.hasOwn(COMMON_OPTIONS, key)) throw new ConfigError(`config file ${file.path}: unknown top-level key '${raw}'`);
     }
     for (const [raw, value] of Object.entries(file.stages[stage] ?? {})) {
       apply(normaliseKey(raw), value, `config file ${file.path} section ${stage}`);

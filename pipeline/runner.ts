@@ -138,10 +138,10 @@ function relativeIfInside(path: string, dir: string): string {
   return rel.startsWith('..') ? path : rel;
 }
 
-export interface StageContext {
+export interface StageContext<C = ResolvedConfig> {
   runDir: string;
   stageDir: string;
-  config: ResolvedConfig;
+  config: C;
   /** Records the backend that ended up running the stage. */
   setBackend(name: string): void;
 }

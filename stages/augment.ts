@@ -3,7 +3,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
-import { type AugmentOptions, type AugmentOptionsInput, resolveAugmentOptions } from '../augment/options.ts';
+import { DEFAULT_PRESET, type AugmentOptions, type AugmentOptionsInput, resolveAugmentOptions } from '../augment/options.ts';
 import { AugmentPool, augmentBatches, type RawImageBatch } from '../augment/pool.ts';
 import { MANIFEST_FILE, ManifestError, readDataset, readManifest, writeManifest, type DatasetManifest } from '../data/manifest.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
@@ -56,8 +56,10 @@ export function defaultAugmentBatchSize(outputSize: number): number {
   return Math.max(1, Math.min(256, Math.floor((32 * 2 ** 20) / (2 * outputSize * outputSize * 3))));
 }
 
-const STAGE_DEFAULTS = {
+/** The augment stage's defaults; the CLI shows and hashes these. */
+export const AUGMENT_DEFAULTS = {
   epochs: 1,
+  preset: DEFAULT_PRESET,
   seed: 0,
   maxRowsPerShard: DEFAULT_MAX_ROWS,
   maxBytesPerShard: DEFAULT_MAX_BYTES,
@@ -83,12 +85,12 @@ function resolveStageOptions(options: AugmentStageOptions): Resolved {
   const r: Resolved = {
     data,
     outDir,
-    epochs: defined(epochs, STAGE_DEFAULTS.epochs),
-    seed: defined(seed, STAGE_DEFAULTS.seed),
+    epochs: defined(epochs, AUGMENT_DEFAULTS.epochs),
+    seed: defined(seed, AUGMENT_DEFAULTS.seed),
     workers: defined(workers, availableParallelism()),
     batchSize,
-    maxRowsPerShard: defined(maxRowsPerShard, STAGE_DEFAULTS.maxRowsPerShard),
-    maxBytesPerShard: defined(maxBytesPerShard, STAGE_DEFAULTS.maxBytesPerShard),
+    maxRowsPerShard: defined(maxRowsPerShard, AUGMENT_DEFAULTS.maxRowsPerShard),
+    maxBytesPerShard: defined(maxBytesPerShard, AUGMENT_DEFAULTS.maxBytesPerShard),
     augmentInput,
   };
   if (typeof data !== 'string' || data === '') throw new AugmentInputError('augment.data must be an images dataset folder');

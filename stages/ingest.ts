@@ -10,6 +10,7 @@ import { MANIFEST_FILE, partPrefix, writeManifest, type DatasetManifest } from '
 import { ScanInputError, limitPerClass as limitEntries, scanInput, takePart, type ScanEntry, type ScanRejected } from '../data/scan.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ShardWriter } from '../data/shards.ts';
+import { withDefaults } from './options.ts';
 
 export interface IngestOptions {
   /** An image folder (class sub-folders = labels) or a .csv list with header `path,label`. */
@@ -84,7 +85,7 @@ type ResolvedOptions = Required<Omit<IngestOptions, 'limitPerClass' | 'onProgres
 
 function resolveOptions(options: IngestOptions): ResolvedOptions {
   if (typeof options !== 'object' || options === null) throw new IngestInputError('ingest options must be an object');
-  const o: ResolvedOptions = { ...INGEST_DEFAULTS, workers: availableParallelism(), ...options };
+  const o: ResolvedOptions = withDefaults({ ...INGEST_DEFAULTS, workers: availableParallelism() }, options);
   const positiveInt = (field: keyof IngestOptions, max = Number.MAX_SAFE_INTEGER) => {
     const v = o[field];
     if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max) throw new IngestInputError(`ingest.${field} must be an integer in [1, ${max}], got ${JSON.stringify(v)}`);

@@ -9,6 +9,7 @@ import { defaultTemperature } from '../models/losses.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
 import { defaultWarmupEpochs, scaledLearningRate, warmupCosine, type LearningRateScaling } from '../models/schedules.ts';
 import { buildSimclrModel, embed, pixelsToTensor, simclrStep, type SimclrModel } from '../models/simclr.ts';
+import { withDefaults } from './options.ts';
 import { epochPermutation, limitRows } from './training/rows.ts';
 import {
   NonFiniteLossError,
@@ -125,7 +126,7 @@ type Resolved = Omit<PretrainOptions, keyof typeof PRETRAIN_DEFAULTS> & {
 };
 
 function resolve(options: PretrainOptions): Resolved {
-  const r: Resolved = { ...options, ...PRETRAIN_DEFAULTS, ...definedOnly(options) };
+  const r: Resolved = withDefaults(PRETRAIN_DEFAULTS, options);
   const int = (name: keyof Resolved, min: number) => {
     const v = r[name] as number;
     if (!Number.isInteger(v) || v < min) throw new TrainingInputError(`pretrain.${name} must be an integer >= ${min}, got ${v}`);
@@ -157,11 +158,6 @@ function resolve(options: PretrainOptions): Resolved {
   if (!(r.weightDecay >= 0)) throw new TrainingInputError(`pretrain.weightDecay must be >= 0, got ${r.weightDecay}`);
   if (!(r.momentum >= 0 && r.momentum < 1)) throw new TrainingInputError(`pretrain.momentum must be in [0, 1), got ${r.momentum}`);
   return r;
-}
-
-/** The options that were given: an explicit undefined leaves the default in place. */
-function definedOnly<T extends object>(options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /** Splits labeled rows into training rows and `perClass` held-out rows per class (the last ones by id order). */
@@ -269,10 +265,9 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         evaluation: knn?.hook,
         backend: backend.name,
         describeStep: (batch) => `a step of 2 × ${batch.ids.length} views of ${size} px through ${r.model}`,
-        formatEpoch: (row) =>
-          `loss ${(row.loss as number).toFixed(4)} contrastive acc ${(100 * (row.contrastive_accuracy as number)).toFixed(1)} % ` +
-          `${(row.images_per_second as number).toFixed(0)} images/s (${(row.epoch_seconds as number).toFixed(0)} s)` +
-          (row.knn_accuracy !== undefined ? ` kNN ${(100 * (row.knn_accuracy as number)).toFixed(2)} %` : ''),
+        formatEpoch: (f) =>
+          `loss ${f.loss.toFixed(4)} contrastive acc ${(100 * f.contrastive_accuracy).toFixed(1)} % ${f.images_per_second.toFixed(0)} images/s (${f.epoch_seconds.toFixed(0)} s)` +
+          (f.knn_accuracy !== undefined ? ` kNN ${(100 * f.knn_accuracy).toFixed(2)} %` : ''),
         signal: options.signal,
         log,
         onProgress: options.onProgress,

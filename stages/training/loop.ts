@@ -151,8 +151,8 @@ export interface TrainingLoopOptions<B> {
   /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
   logEvery: number;
   evaluation?: EvaluationHook;
-  /** The epoch row's figures for its log line (default: each averaged metric, images/s, seconds). */
-  formatEpoch?(row: Record<string, unknown>): string;
+  /** The epoch row's figures (and the evaluation's) as its log line (default: each averaged metric, images/s, seconds). */
+  formatEpoch?(figures: Record<string, number>): string;
   /** Backend name and a description of one step, for the out-of-memory advice. */
   backend: string;
   describeStep(batch: B): string;
@@ -260,25 +260,26 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
         epochs: epoch + 1,
         steps: run.state.globalStep,
       });
-      const row: Record<string, unknown> = {
+      const figures: Record<string, number> = {
         epoch: epoch + 1,
         step: run.state.globalStep,
         ...means(epochSums, Math.max(1, epochSteps)),
         lr: options.schedule(run.state.globalStep - 1),
         images_per_second: metrics.images_per_second,
         epoch_seconds: seconds,
-        summary: 'epoch',
       };
+      const row: Record<string, unknown> = { ...figures, summary: 'epoch' };
       if (evaluation && ((epoch + 1) % evaluation.every === 0 || epoch + 1 === epochs)) {
         const evaluated = await evaluation.run({ epoch: epoch + 1, atStart: false });
         Object.assign(metrics, evaluated);
         Object.assign(row, evaluated);
+        Object.assign(figures, evaluated);
       }
       await writeMetrics(row);
       await saveTraining(run, run.state);
       const summary =
-        options.formatEpoch?.(row) ??
-        [...epochSums.keys()].map((k) => `${k} ${(row[k] as number).toFixed(4)}`).join(' ') + ` ${metrics.images_per_second.toFixed(0)} images/s (${seconds.toFixed(0)} s)`;
+        options.formatEpoch?.(figures) ??
+        [...epochSums.keys()].map((k) => `${k} ${figures[k].toFixed(4)}`).join(' ') + ` ${metrics.images_per_second.toFixed(0)} images/s (${seconds.toFixed(0)} s)`;
       options.log?.(`${stage}: epoch ${epoch + 1}/${epochs} ${summary}`);
     }
   } finally {
