@@ -14,7 +14,7 @@ export interface BatchNormArgs extends LayerArgs {
 
 /**
  * Kernels a backend may register to run training batch norm as one fused step each way
- * (onnxruntime does: models/onnx-kernels.ts). Forward: {x, gamma, beta}, {epsilon} → [y, mean,
+ * (onnxruntime does: models/engine/onnx/kernels.ts). Forward: {x, gamma, beta}, {epsilon} → [y, mean,
  * variance, invStd]; backward: {dy, x, mean, invStd, gamma} → [dx, dGamma, dBeta].
  */
 export const BATCH_NORM_FORWARD = 'SimclrBatchNormForward';

@@ -6,7 +6,7 @@ import { AugmentPool, augmentBatches, type RawImageBatch } from '../augment/pool
 import { philox4x32 } from '../augment/rng.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import type * as tf from '@tensorflow/tfjs';
-import { useBackend, type BackendName } from '../models/backend.ts';
+import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../models/checkpoint.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
 import { defaultTemperature } from '../models/losses.ts';

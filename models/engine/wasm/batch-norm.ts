@@ -1,11 +1,11 @@
-// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of batch-norm.ts)
+// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of models/batch-norm.ts)
 // for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops
-// (wasm-simd.ts) that read the tensors where they lie. Forward: 3 passes over x (Σx, Σ(x − μ)²,
+// (simd.ts) that read the tensors where they lie. Forward: 3 passes over x (Σx, Σ(x − μ)²,
 // y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12
 // passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
 import * as tf from '@tensorflow/tfjs';
-import type { WasmBackend } from './wasm-kernels.ts';
-import { isWasmMemory, simdRowKernels, type SimdRowKernels } from './wasm-simd.ts';
+import type { WasmBackend } from './kernels.ts';
+import { isWasmMemory, simdRowKernels, type SimdRowKernels } from './simd.ts';
 
 type TensorInfo = tf.TensorInfo;
 
@@ -26,7 +26,7 @@ interface KernelArgs {
   attrs: tf.NamedAttrMap;
 }
 
-/** The SIMD loops (wasm-simd.ts) instantiated on the backend's own heap. */
+/** The SIMD loops (simd.ts) instantiated on the backend's own heap. */
 export function simdKernelsOf(backend: WasmBackend): SimdRowKernels {
   const { wasm } = backend as WasmBackendWithHeap;
   const memory = wasm?.asm?.memory ?? wasm?.wasmMemory;

@@ -152,7 +152,7 @@ function registerReluGradientFromOutput(): void {
       const [y] = saved;
       return {
         x: () =>
-          // One pass where a backend has it (wasm, onnxruntime: models/wasm-kernels.ts).
+          // One pass where a backend has it (wasm, onnxruntime: models/engine/wasm/kernels.ts).
           tf.getKernel(RELU_GRAD, tf.getBackend()) !== undefined
             ? (tf.engine().runKernel(RELU_GRAD, { dy: dy as tf.Tensor, y }) as tf.Tensor)
             : tf.mul(dy as tf.Tensor, tf.step(y)),

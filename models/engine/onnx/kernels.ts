@@ -6,7 +6,7 @@
 // fetches, options) inside setImmediate: that native call is synchronous. We use the native
 // binding directly (dist/binding.js), pinned to the exact onnxruntime-node version we checked it
 // against (ORT_PINNED_VERSION) and guarded by a test that fails when it moves.
-// Each (op, shapes, attributes) gets a tiny ONNX graph, built in TypeScript (onnx-proto.ts), whose
+// Each (op, shapes, attributes) gets a tiny ONNX graph, built in TypeScript (proto.ts), whose
 // native session is created once and cached. Inputs are views of the wasm heap (the native side
 // wraps them without copying); outputs are preallocated on the wasm heap and passed as fetches, so
 // ORT writes results in place. Nothing in JS runs while a native run is in flight, so the heap
@@ -16,8 +16,8 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './onnx-proto.ts';
-import type { WasmBackend } from './wasm-kernels.ts';
+import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './proto.ts';
+import type { WasmBackend } from '../wasm/kernels.ts';
 
 export const ONNX_BACKEND_NAME = 'onnxruntime';
 /** The onnxruntime-node version whose native binding layout this file relies on. */
@@ -80,7 +80,7 @@ export function loadOrtSync(): OrtSync {
   }
   if (version !== ORT_PINNED_VERSION) {
     throw new OnnxRuntimeUnavailableError(
-      `onnxruntime-node ${version} is installed; the synchronous path was checked against ${ORT_PINNED_VERSION} only (models/onnx-kernels.ts)`,
+      `onnxruntime-node ${version} is installed; the synchronous path was checked against ${ORT_PINNED_VERSION} only (models/engine/onnx/kernels.ts)`,
     );
   }
   try {

@@ -3,7 +3,7 @@
 // in browsers (tensorflow/tfjs#3830): its loader hands the pthreads their script as a Blob URL,
 // which Node's worker_threads cannot start. Here the 'wasm' backend's factory is replaced by one
 // that instantiates that build itself, with the pthread script given as a file
-// (wasm-thread-worker.cjs) and the module's own script path; the BackendWasm class and every
+// (thread-worker.cjs) and the module's own script path; the BackendWasm class and every
 // registered wasm kernel are the package's own, so nothing else changes.
 import * as tf from '@tensorflow/tfjs';
 import { BackendWasm, setThreadsCount } from '@tensorflow/tfjs-backend-wasm';
@@ -107,7 +107,7 @@ export function installThreadedWasm(
   threads: number,
   log: (line: string) => void = () => {},
   /** The pthreads' entry script (tests point it elsewhere to see the fallback). */
-  workerScript = fileURLToPath(new URL('./wasm-thread-worker.cjs', import.meta.url)),
+  workerScript = fileURLToPath(new URL('./thread-worker.cjs', import.meta.url)),
 ): void {
   if (threads <= 1 || installed || runningWasm() !== undefined) return;
   const stock = tf.findBackendFactory('wasm');

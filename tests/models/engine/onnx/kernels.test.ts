@@ -6,7 +6,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { useBackend } from '../../models/backend.ts';
+import { useBackend } from '../../../../models/engine/backend.ts';
 import {
   DELEGATED_KERNELS,
   loadOrtSync,
@@ -14,11 +14,11 @@ import {
   ORT_PINNED_VERSION,
   registerOnnxruntimeBackend,
   type OnnxRuntimeBackend,
-} from '../../models/onnx-kernels.ts';
-import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../models/onnx-proto.ts';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, BatchNorm } from '../../models/batch-norm.ts';
-import { buildEncoder } from '../../models/resnet.ts';
-import { expectTensorClose, seededValues } from '../helpers.ts';
+} from '../../../../models/engine/onnx/kernels.ts';
+import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../../../models/engine/onnx/proto.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, BatchNorm } from '../../../../models/batch-norm.ts';
+import { buildEncoder } from '../../../../models/resnet.ts';
+import { expectTensorClose, seededValues } from '../../../helpers.ts';
 
 type Backend = 'cpu' | 'wasm' | 'onnxruntime';
 // Node has WebAssembly; the project's lib settings leave its type out.

@@ -1,5 +1,5 @@
 'use strict';
-// Entry script of one tfjs-backend-wasm pthread under Node (see models/wasm-threads.ts): runs the
+// Entry script of one tfjs-backend-wasm pthread under Node (see models/engine/wasm/threads.ts): runs the
 // threaded build's own worker script, which the package ships as a string for a browser Blob.
 // As tfjs does before making that Blob, newlines are escaped: the string holds "\n" literals
 // that a template literal turned into line breaks.
