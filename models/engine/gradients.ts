@@ -9,6 +9,7 @@
 // in creation order, so every consumer of an output was processed before its producer). This
 // version of engine.gradients frees both there; its results are the stock ones, tensor for tensor.
 import * as tf from '@tensorflow/tfjs';
+import { RELU_GRAD } from './kernel-names.ts';
 
 /** The tfjs-core version whose engine internals this file was written against. */
 export const GRADIENTS_PINNED_CORE_VERSION = '4.22.0';
@@ -160,9 +161,6 @@ function registerReluGradientFromOutput(): void {
     },
   });
 }
-
-/** Kernel {dy, y} → dy · step(y), ReLU's gradient from its output, in one pass. */
-export const RELU_GRAD = 'SimclrReluGrad';
 
 /**
  * Makes tf.grads / tf.variableGrads / optimizer.minimize free gradients and saved tensors during

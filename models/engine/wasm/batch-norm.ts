@@ -1,4 +1,4 @@
-// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of models/batch-norm.ts)
+// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of kernel-names.ts)
 // for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops
 // (simd.ts) that read the tensors where they lie. Forward: 3 passes over x (Σx, Σ(x − μ)²,
 // y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12

@@ -3,8 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 // Imported for its side effect: wasm's own kernels must be registered before ours replace one.
 import '@tensorflow/tfjs-backend-wasm';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from '../../batch-norm.ts';
-import { RELU_GRAD } from '../gradients.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, RELU_GRAD } from '../kernel-names.ts';
 import { simdKernelsOf, wasmBatchNormBackward, wasmBatchNormForward } from './batch-norm.ts';
 
 type TensorInfo = tf.TensorInfo;

@@ -16,7 +16,8 @@ import {
   type OnnxRuntimeBackend,
 } from '../../../../models/engine/onnx/kernels.ts';
 import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../../../models/engine/onnx/proto.ts';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, BatchNorm } from '../../../../models/batch-norm.ts';
+import { BatchNorm } from '../../../../models/batch-norm.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from '../../../../models/engine/kernel-names.ts';
 import { buildEncoder } from '../../../../models/resnet.ts';
 import { expectTensorClose, seededValues } from '../../../helpers.ts';
 
