@@ -17,7 +17,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './proto.ts';
-import type { WasmBackend } from '../wasm/kernels.ts';
+import type { WasmBackend } from '../wasm/heap.ts';
 
 export const ONNX_BACKEND_NAME = 'onnxruntime';
 /** The onnxruntime-node version whose native binding layout this file relies on. */

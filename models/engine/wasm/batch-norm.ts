@@ -4,34 +4,14 @@
 // y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12
 // passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
 import * as tf from '@tensorflow/tfjs';
-import type { WasmBackend } from './kernels.ts';
-import { isWasmMemory, simdRowKernels, type SimdRowKernels } from './simd.ts';
+import { heapF32, simdKernelsOf, type WasmBackend } from './heap.ts';
 
 type TensorInfo = tf.TensorInfo;
-
-/** The backend, with the emscripten module that owns its heap. */
-interface WasmBackendWithHeap extends WasmBackend {
-  /** The single-threaded build exports its memory; the threaded one imports it (wasmMemory). */
-  wasm: { asm?: { memory?: unknown }; wasmMemory?: unknown };
-}
-
-/** A float32 tensor's data on the heap, as a view (take views after the last allocation). */
-function heapF32(backend: WasmBackend, info: TensorInfo): Float32Array {
-  return backend.typedArrayFromHeap(info) as Float32Array;
-}
 
 interface KernelArgs {
   inputs: tf.NamedTensorInfoMap;
   backend: tf.KernelBackend;
   attrs: tf.NamedAttrMap;
-}
-
-/** The SIMD loops (simd.ts) instantiated on the backend's own heap. */
-export function simdKernelsOf(backend: WasmBackend): SimdRowKernels {
-  const { wasm } = backend as WasmBackendWithHeap;
-  const memory = wasm?.asm?.memory ?? wasm?.wasmMemory;
-  if (!isWasmMemory(memory)) throw new Error('wasm SIMD kernels: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
-  return simdRowKernels(memory);
 }
 
 /** [rows, channels] of an NHWC-like tensor whose statistics run over every leading axis. */
@@ -54,7 +34,7 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
   const { x, gamma, beta } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm forward', { x, gamma, beta });
   const { epsilon } = attrs as unknown as { epsilon: number };
-  const wasm = backend as WasmBackendWithHeap;
+  const wasm = backend as WasmBackend;
   const [rows, channels] = rowsAndChannels(x);
   const y = wasm.makeOutput(x.shape, 'float32');
   const stats = [0, 1, 2].map(() => wasm.makeOutput([channels], 'float32')); // mean, variance, invStd
@@ -89,7 +69,7 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
 export function wasmBatchNormBackward({ inputs, backend }: KernelArgs): TensorInfo[] {
   const { dy, x, mean, invStd, gamma } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm backward', { dy, x, mean, invStd, gamma });
-  const wasm = backend as WasmBackendWithHeap;
+  const wasm = backend as WasmBackend;
   const [rows, channels] = rowsAndChannels(x);
   const dx = wasm.makeOutput(x.shape, 'float32');
   const dGamma = wasm.makeOutput([channels], 'float32');
