@@ -59,12 +59,13 @@ async function load(name: ConcreteBackend, log: (line: string) => void): Promise
       return { name, tfName: 'wasm' };
     }
     case 'onnxruntime': {
-      // The wasm backend with its heavy kernels run by onnxruntime-node (onnx/kernels.ts);
+      // The wasm backend with its heavy kernels run by onnxruntime-node (onnx/);
       // it shares wasm's instance, so wasm is initialised first, single-threaded: onnxruntime-node
       // takes no views of the threaded build's shared heap, and runs the heavy kernels on every
       // core itself. onnxruntime-node is checked first, so that `auto` falling back to wasm
       // still gets wasm's threads.
-      const { loadOrtSync, registerOnnxruntimeBackend } = await import('./onnx/kernels.ts');
+      const { loadOrtSync } = await import('./onnx/native.ts');
+      const { registerOnnxruntimeBackend } = await import('./onnx/register.ts');
       try {
         loadOrtSync();
       } catch (err) {

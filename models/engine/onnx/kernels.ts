@@ -1,446 +1,18 @@
-// The 'onnxruntime' tfjs backend: the wasm backend with its heavy kernels (convolutions, their
-// gradients, matmuls) run by onnxruntime-node's multi-threaded CPU provider, synchronously.
-//
-// Design. tfjs kernels are synchronous; onnxruntime-node's public InferenceSession.run returns a
-// promise, but it is a thin wrapper (dist/backend.js) that calls its native session's run(feeds,
-// fetches, options) inside setImmediate: that native call is synchronous. We use the native
-// binding directly (dist/binding.js), pinned to the exact onnxruntime-node version we checked it
-// against (ORT_PINNED_VERSION) and guarded by a test that fails when it moves.
-// Each (op, shapes, attributes) gets a tiny ONNX graph, built in TypeScript (proto.ts), whose
-// native session is created once and cached. Inputs are views of the wasm heap (the native side
-// wraps them without copying); outputs are preallocated on the wasm heap and passed as fetches, so
-// ORT writes results in place. Nothing in JS runs while a native run is in flight, so the heap
-// cannot grow (and detach the views) under it.
+// The kernels the 'onnxruntime' backend runs with onnxruntime (convolutions, their gradients,
+// matmuls), each as a small ONNX graph run in place on the wasm heap; other cases go to wasm's own.
 import * as tf from '@tensorflow/tfjs';
-// Imported for its side effect: the wasm backend and its kernels must exist before we copy them.
-import '@tensorflow/tfjs-backend-wasm';
-import { createRequire } from 'node:module';
-import { availableParallelism } from 'node:os';
-import { encodeModel, OnnxDataType, onnxTensor, type OnnxNode, type OnnxTensor } from './proto.ts';
 import type { WasmBackend } from '../wasm/heap.ts';
+import { ACTIVATIONS, biasActivationNodes, fusedInputs, HWIO_TO_OIHW, NCHW_TO_NHWC, NHWC_TO_NCHW, transposeNode, type Activation } from './graph.ts';
+import { blockedConvNodes, blockedRoute } from './nchwc.ts';
+import { onnxTensor, type OnnxNode, type OnnxTensor } from './proto.ts';
+import type { CachedSession, GraphSpec, SessionCache } from './sessions.ts';
 
-export const ONNX_BACKEND_NAME = 'onnxruntime';
-/** The onnxruntime-node version whose native binding layout this file relies on. */
-export const ORT_PINNED_VERSION = '1.30.0';
-/** Opset of the generated graphs: Clip with min/max inputs (11+), Slice with steps (10+). */
-const OPSET = 17;
-const WASM = 'wasm';
-/** onnxruntime's contrib domain of blocked-layout (NCHWc) CPU kernels. */
-const NCHWC = 'com.microsoft.nchwc';
-const FLOAT = OnnxDataType.FLOAT;
+export const WASM = 'wasm';
 
 type TensorInfo = tf.TensorInfo;
 type Pads4 = [top: number, bottom: number, left: number, right: number];
 
-
-// ---------------------------------------------------------------------------------------------
-// The synchronous native path
-
-/** onnxruntime-common's Tensor constructor, as the native binding expects feeds and fetches. */
-type OrtTensorCtor = new (type: 'float32', data: Float32Array, dims: readonly number[]) => object;
-
-/** The native InferenceSession class of onnxruntime_binding.node (1.30.0). */
-export interface NativeSession {
-  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
-  /** Synchronous: runs the graph on the calling thread (plus ORT's intra-op pool) and returns. */
-  run(feeds: Record<string, object>, fetches: Record<string, object | null>, options?: object): Record<string, unknown>;
-  dispose(): void;
-  readonly inputNames?: string[];
-  readonly outputNames?: string[];
-}
-
-export interface OrtSync {
-  version: string;
-  Session: new () => NativeSession;
-  Tensor: OrtTensorCtor;
-}
-
-/** onnxruntime-node is missing, fails to load, or is not the version the sync path was checked on. */
-export class OnnxRuntimeUnavailableError extends Error {
-  constructor(reason: string) {
-    super(reason);
-    this.name = 'OnnxRuntimeUnavailableError';
-  }
-}
-
-/**
- * Loads onnxruntime-node's native binding and returns its synchronous session class. Throws
- * OnnxRuntimeUnavailableError when the package is absent or its internals are not where 1.30.0
- * keeps them (dist/binding.js exporting `binding.InferenceSession` and `initOrt`).
- */
-export function loadOrtSync(): OrtSync {
-  const require = createRequire(import.meta.url);
-  let version: string;
-  let bindingModule: { binding?: { InferenceSession?: unknown }; initOrt?: unknown };
-  let Tensor: unknown;
-  try {
-    version = (require('onnxruntime-node/package.json') as { version: string }).version;
-  } catch (err) {
-    throw new OnnxRuntimeUnavailableError(`onnxruntime-node is not installed (${firstLine(err)})`);
-  }
-  if (version !== ORT_PINNED_VERSION) {
-    throw new OnnxRuntimeUnavailableError(
-      `onnxruntime-node ${version} is installed; the synchronous path was checked against ${ORT_PINNED_VERSION} only (models/engine/onnx/kernels.ts)`,
-    );
-  }
-  try {
-    bindingModule = require('onnxruntime-node/dist/binding.js');
-    Tensor = (require('onnxruntime-node') as { Tensor?: unknown }).Tensor;
-  } catch (err) {
-    throw new OnnxRuntimeUnavailableError(`onnxruntime-node failed to load its native binding (${firstLine(err)})`);
-  }
-  const Session = bindingModule.binding?.InferenceSession;
-  const proto = (Session as { prototype?: Record<string, unknown> } | undefined)?.prototype;
-  if (
-    typeof Session !== 'function' ||
-    typeof bindingModule.initOrt !== 'function' ||
-    typeof proto?.loadModel !== 'function' ||
-    typeof proto?.run !== 'function' ||
-    typeof proto?.dispose !== 'function' ||
-    typeof Tensor !== 'function'
-  ) {
-    throw new OnnxRuntimeUnavailableError(
-      `onnxruntime-node ${version}: dist/binding.js no longer exports binding.InferenceSession{loadModel, run, dispose} and initOrt`,
-    );
-  }
-  // Registers the Tensor class the native side builds outputs with, and the log level; once.
-  (bindingModule.initOrt as () => void)();
-  return { version, Session: Session as new () => NativeSession, Tensor: Tensor as OrtTensorCtor };
-}
-
-function firstLine(err: unknown): string {
-  return String(err instanceof Error ? err.message : err).split('\n')[0];
-}
-
-// ---------------------------------------------------------------------------------------------
-// Session cache
-
-export interface OnnxKernelOptions {
-  /** ORT intra-op threads per session; default: every core (os.availableParallelism()). */
-  threads?: number;
-  /**
-   * Let ORT's pool threads busy-wait for the next run. Off by default: between two ORT runs the
-   * main thread runs wasm kernels, and spinning workers take the cores it needs (measured 20 vs
-   * 32 ms for a 3×3 convolution on a loaded 2-core machine).
-   */
-  spinning?: boolean;
-}
-
-interface GraphSpec {
-  nodes: OnnxNode[];
-  inputs: { name: string; shape: readonly number[] }[];
-  outputs: { name: string; shape: readonly number[] }[];
-  initializers?: OnnxTensor[];
-}
-
-interface CachedSession {
-  session: NativeSession;
-  inputs: { name: string; shape: readonly number[] }[];
-  outputs: { name: string; shape: readonly number[] }[];
-}
-
-export interface OnnxKernelStats {
-  /** Native sessions created (one per distinct op, shapes and attributes). */
-  sessions: number;
-  /** Native runs, per tfjs kernel name. */
-  runs: Record<string, number>;
-  /** MLAS's NCHWc channel block used by the blocked convolutions; null until probed, 0 if absent. */
-  blockSize: number | null;
-}
-
-class SessionCache {
-  private readonly sessions = new Map<string, CachedSession>();
-  private readonly runs: Record<string, number> = {};
-  private readonly sessionOptions: object;
-
-  constructor(
-    private readonly ort: OrtSync,
-    { threads = availableParallelism(), spinning = false }: OnnxKernelOptions,
-  ) {
-    if (!Number.isInteger(threads) || threads < 1) throw new Error(`onnxruntime.threads must be a positive integer, got ${threads}`);
-    this.sessionOptions = {
-      intraOpNumThreads: threads,
-      interOpNumThreads: 1, // one node per graph: nothing to run side by side
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
-      extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } },
-    };
-  }
-
-  get(key: string, build: () => GraphSpec): CachedSession {
-    let entry = this.sessions.get(key);
-    if (entry === undefined) {
-      const spec = build();
-      const model = encodeModel({
-        opset: OPSET,
-        extraOpsets: [{ domain: NCHWC, version: 1 }],
-        graph: {
-          name: key,
-          nodes: spec.nodes,
-          initializers: spec.initializers,
-          inputs: spec.inputs.map(({ name, shape }) => ({ name, elemType: FLOAT, shape })),
-          outputs: spec.outputs.map(({ name, shape }) => ({ name, elemType: FLOAT, shape })),
-        },
-      });
-      const session = new this.ort.Session();
-      try {
-        session.loadModel(model.buffer, model.byteOffset, model.byteLength, this.sessionOptions);
-      } catch (err) {
-        throw new Error(`onnxruntime could not load the graph for ${key}: ${firstLine(err)}`);
-      }
-      entry = { session, inputs: spec.inputs, outputs: spec.outputs };
-      this.sessions.set(key, entry);
-    }
-    return entry;
-  }
-
-  /** Runs synchronously; `outputs` are written in place. Arrays follow the spec's order. */
-  run(kernel: string, entry: CachedSession, inputs: Float32Array[], outputs: Float32Array[]): void {
-    const feeds: Record<string, object> = {};
-    entry.inputs.forEach(({ name, shape }, i) => (feeds[name] = new this.ort.Tensor('float32', inputs[i], shape)));
-    const fetches: Record<string, object> = {};
-    entry.outputs.forEach(({ name, shape }, i) => (fetches[name] = new this.ort.Tensor('float32', outputs[i], shape)));
-    entry.session.run(feeds, fetches);
-    this.runs[kernel] = (this.runs[kernel] ?? 0) + 1;
-  }
-
-  stats(): OnnxKernelStats {
-    return { sessions: this.sessions.size, runs: { ...this.runs }, blockSize: this.blockSizeProbed ?? null };
-  }
-
-  private blockSizeProbed: number | undefined;
-
-  /**
-   * MLAS's NCHWc channel block (8 with AVX2, 16 with AVX-512), read once from the output shape of
-   * a ReorderInput of 4 channels (ORT pads the channels to the block); 0 when the blocked ops are
-   * not there, and the convolutions keep their plain-ONNX graphs.
-   */
-  blockSize(): number {
-    if (this.blockSizeProbed === undefined) {
-      this.blockSizeProbed = 0;
-      try {
-        const model = encodeModel({
-          opset: OPSET,
-          extraOpsets: [{ domain: NCHWC, version: 1 }],
-          graph: {
-            name: 'block_size_probe',
-            nodes: [{ opType: 'ReorderInput', domain: NCHWC, inputs: ['x'], outputs: ['y'], attributes: { channels_last: { int: 1 } } }],
-            inputs: [{ name: 'x', elemType: FLOAT, shape: [1, 1, 1, 4] }],
-            outputs: [{ name: 'y', elemType: FLOAT, shape: [1, -1, 1, 1] }],
-          },
-        });
-        const session = new this.ort.Session();
-        try {
-          session.loadModel(model.buffer, model.byteOffset, model.byteLength, this.sessionOptions);
-          const out = session.run({ x: new this.ort.Tensor('float32', new Float32Array(4), [1, 1, 1, 4]) }, { y: null }) as {
-            y?: { dims?: readonly number[] };
-          };
-          const block = Number(out.y?.dims?.[1]);
-          if (Number.isInteger(block) && block >= 4 && block % 4 === 0) this.blockSizeProbed = block;
-        } finally {
-          session.dispose();
-        }
-      } catch {
-        // No com.microsoft.nchwc ops in this build: the plain graphs stay.
-      }
-    }
-    return this.blockSizeProbed;
-  }
-
-  dispose(): void {
-    for (const { session } of this.sessions.values()) session.dispose();
-    this.sessions.clear();
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Graph pieces
-
-const NHWC_TO_NCHW = [0, 3, 1, 2];
-const NCHW_TO_NHWC = [0, 2, 3, 1];
-/** tfjs filter [kH, kW, Ci, Co] → ONNX Conv weight [Co, Ci, kH, kW] (also ConvTranspose's [C, M, kH, kW]). */
-const HWIO_TO_OIHW = [3, 2, 0, 1];
-
-function transposeNode(input: string, output: string, perm: number[]): OnnxNode {
-  return { opType: 'Transpose', inputs: [input], outputs: [output], attributes: { perm: { ints: perm } } };
-}
-
-type Activation = 'linear' | 'relu' | 'relu6' | 'elu' | 'sigmoid' | 'leakyrelu' | 'prelu';
-const ACTIVATIONS: readonly string[] = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'];
-
-/**
- * Nodes computing `output = activation(input)` as tfjs's fused kernels define it; PRelu takes
- * its slope from the graph input `slope`, broadcast against the NHWC / [B, M, N] result.
- */
-function activationNodes(activation: Activation, input: string, output: string, alpha: number, spec: GraphSpec): void {
-  switch (activation) {
-    case 'linear':
-      spec.nodes.push({ opType: 'Identity', inputs: [input], outputs: [output] });
-      return;
-    case 'relu':
-      spec.nodes.push({ opType: 'Relu', inputs: [input], outputs: [output] });
-      return;
-    case 'relu6':
-      spec.initializers = [...(spec.initializers ?? []), onnxTensor.float('zero', [0], []), onnxTensor.float('six', [6], [])];
-      spec.nodes.push({ opType: 'Clip', inputs: [input, 'zero', 'six'], outputs: [output] });
-      return;
-    case 'elu':
-      spec.nodes.push({ opType: 'Elu', inputs: [input], outputs: [output], attributes: { alpha: { float: 1 } } });
-      return;
-    case 'sigmoid':
-      spec.nodes.push({ opType: 'Sigmoid', inputs: [input], outputs: [output] });
-      return;
-    case 'leakyrelu':
-      spec.nodes.push({ opType: 'LeakyRelu', inputs: [input], outputs: [output], attributes: { alpha: { float: alpha } } });
-      return;
-    case 'prelu':
-      spec.nodes.push({ opType: 'PRelu', inputs: [input, 'slope'], outputs: [output] });
-      return;
-  }
-}
-
-/**
- * The tail of a fused kernel (tfjs's _FusedMatMul / FusedConv2D): `input` plus the graph input
- * `bias` when `addBias`, then the activation, written to `output`.
- */
-function biasActivationNodes(spec: GraphSpec, input: string, addBias: boolean, activation: Activation, alpha: number, output: string): void {
-  let pre = input;
-  if (addBias) {
-    spec.nodes.push({ opType: 'Add', inputs: [input, 'bias'], outputs: [`${input}_biased`] });
-    pre = `${input}_biased`;
-  }
-  activationNodes(activation, pre, output, alpha, spec);
-}
-
-/** A fused kernel's tensors in its graph's input order: the operands, then bias and PReLU slope where given. */
-function fusedInputs(operands: TensorInfo[], bias: TensorInfo | undefined, slope: TensorInfo | undefined): TensorInfo[] {
-  return [...operands, ...(bias === undefined ? [] : [bias]), ...(slope === undefined ? [] : [slope])];
-}
-
-// ---------------------------------------------------------------------------------------------
-// Blocked (NCHWc) convolutions
-//
-// MLAS's fast convolutions work on activations in NCHWc layout ([N, C/B, H, W, B], B = the
-// block size) with filters reordered to match; onnxruntime's graph optimiser only switches a Conv
-// to them when its weights are constant initializers, which ours (graph inputs) are not. So the
-// graphs call the com.microsoft.nchwc ops themselves: ReorderInput from NHWC (channels_last),
-// nchwc Conv with the filter reordered in the graph, ReorderOutput back to NHWC. Measured on a
-// 2-core AVX2 machine, 3×3 convolution at batch 64: 4.9 ms against 11.3 ms for Transpose + Conv +
-// Transpose, the same per layer for 16, 32 and 64 channels.
-
-type BlockedRoute = 'blocked' | 'nchw';
-
-/** How an NHWC input of `channels` enters a blocked convolution, or undefined when it cannot. */
-function blockedRoute(channels: number, block: number): BlockedRoute | undefined {
-  if (block === 0) return undefined;
-  if (channels % 4 === 0) return 'blocked'; // ReorderInput pads the channels up to the block
-  if (channels < block) return 'nchw'; // read as plain NCHW, with an OIHWBo filter
-  return undefined;
-}
-
-const roundUp = (n: number, block: number): number => Math.ceil(n / block) * block;
-
-/** Nodes bringing NHWC `input` into the layout the blocked Conv reads; returns its name. */
-function blockedInputNodes(spec: GraphSpec, input: string, route: BlockedRoute): string {
-  const out = `${input}_blocked`;
-  if (route === 'blocked') {
-    spec.nodes.push({ opType: 'ReorderInput', domain: NCHWC, inputs: [input], outputs: [out], attributes: { channels_last: { int: 1 } } });
-  } else {
-    spec.nodes.push(transposeNode(input, out, NHWC_TO_NCHW));
-  }
-  return out;
-}
-
-/**
- * Nodes reordering the HWIO filter `filter` [kH, kW, ci, co] into the blocked Conv's layout,
- * zero-padding the channels to the block: OIHWBiBo [co/B, ci/B, kH, kW, Bi, Bo] for a blocked
- * input, OIHWBo [co/B, ci, kH, kW, Bo] for an NCHW one; returns the name of the result, shaped
- * [coP, ciP (or ci), kH, kW] as the Conv's W input.
- */
-function blockedFilterNodes(spec: GraphSpec, filter: string, dims: [kH: number, kW: number, ci: number, co: number], route: BlockedRoute, block: number): string {
-  const [kH, kW, ci, co] = dims;
-  const coP = roundUp(co, block);
-  const ciP = route === 'blocked' ? roundUp(ci, block) : ci;
-  let padded = filter;
-  if (coP !== co || ciP !== ci) {
-    padded = `${filter}_padded`;
-    spec.initializers!.push(onnxTensor.int64(`${filter}_pads`, [0, 0, 0, 0, 0, 0, ciP - ci, coP - co]));
-    spec.nodes.push({ opType: 'Pad', inputs: [filter, `${filter}_pads`], outputs: [padded] });
-  }
-  const split = route === 'blocked' ? [kH, kW, ciP / block, block, coP / block, block] : [kH, kW, ci, coP / block, block];
-  const perm = route === 'blocked' ? [4, 2, 0, 1, 3, 5] : [3, 2, 0, 1, 4];
-  spec.initializers!.push(onnxTensor.int64(`${filter}_split`, split), onnxTensor.int64(`${filter}_oihw`, [coP, ciP, kH, kW]));
-  spec.nodes.push(
-    { opType: 'Reshape', inputs: [padded, `${filter}_split`], outputs: [`${filter}_split6`] },
-    transposeNode(`${filter}_split6`, `${filter}_blocks`, perm),
-    { opType: 'Reshape', inputs: [`${filter}_blocks`, `${filter}_oihw`], outputs: [`${filter}_blocked`] },
-  );
-  return `${filter}_blocked`;
-}
-
-/** A per-channel bias [co] zero-padded to the block, as the blocked Conv's B input. */
-function blockedBiasNodes(spec: GraphSpec, bias: string, co: number, block: number): string {
-  const coP = roundUp(co, block);
-  if (coP === co) return bias;
-  spec.initializers!.push(onnxTensor.int64(`${bias}_pads`, [0, coP - co]));
-  spec.nodes.push({ opType: 'Pad', inputs: [bias, `${bias}_pads`], outputs: [`${bias}_padded`] });
-  return `${bias}_padded`;
-}
-
-interface BlockedConvAttrs {
-  strides: [number, number];
-  dilations: [number, number];
-  /** ONNX order: [top, left, bottom, right]. */
-  pads: [number, number, number, number];
-  kernel: [number, number];
-  relu: boolean;
-}
-
-/**
- * The whole blocked convolution of NHWC `input` (`ci` channels) with HWIO `filter`, written to
- * NHWC `output` with `co` channels; `bias` (per channel) and a fused ReLU are optional.
- */
-function blockedConvNodes(
-  spec: GraphSpec,
-  io: { input: string; filter: string; bias?: string; output: string },
-  dims: [kH: number, kW: number, ci: number, co: number],
-  attrs: BlockedConvAttrs,
-  route: BlockedRoute,
-  block: number,
-): void {
-  const co = dims[3];
-  const x = blockedInputNodes(spec, io.input, route);
-  const w = blockedFilterNodes(spec, io.filter, dims, route, block);
-  const inputs = [x, w];
-  if (io.bias !== undefined) inputs.push(blockedBiasNodes(spec, io.bias, co, block));
-  spec.nodes.push(
-    {
-      opType: 'Conv',
-      domain: NCHWC,
-      inputs,
-      outputs: [`${io.output}_blocked`],
-      attributes: {
-        kernel_shape: { ints: attrs.kernel },
-        strides: { ints: attrs.strides },
-        dilations: { ints: attrs.dilations },
-        pads: { ints: attrs.pads },
-        ...(attrs.relu ? { activation: { string: 'Relu' } } : {}),
-      },
-    },
-    {
-      opType: 'ReorderOutput',
-      domain: NCHWC,
-      inputs: [`${io.output}_blocked`],
-      outputs: [io.output],
-      attributes: { channels_last: { int: 1 }, channels: { int: co } },
-    },
-  );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kernels
-
-interface KernelArgs {
+export interface KernelArgs {
   inputs: tf.NamedTensorInfoMap;
   backend: tf.KernelBackend;
   attrs: tf.NamedAttrMap;
@@ -460,6 +32,9 @@ function allFloat32(...infos: (TensorInfo | undefined)[]): boolean {
 /**
  * Allocates the outputs on the wasm heap (tfjs shapes `outShapes`; the graph may view the same
  * bytes in another shape), then takes all heap views (allocation may move the heap), then runs.
+ * The native side wraps the input views without copying and writes into the outputs passed as
+ * fetches; nothing in JS runs while a native run is in flight, so the heap cannot grow (and
+ * detach the views) under it.
  */
 function runIntoMany(cache: SessionCache, kernel: string, backend: tf.KernelBackend, entry: CachedSession, inputs: TensorInfo[], outShapes: number[][]): TensorInfo[] {
   const wasm = backend as WasmBackend;
@@ -566,7 +141,7 @@ function convGeometry(
  * around ONNX Conv; other activations, and a bias that is not per channel, applied afterwards in
  * NHWC (where a PReLU slope broadcasts as in tfjs).
  */
-function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', args: KernelArgs): TensorInfo {
+export function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', args: KernelArgs): TensorInfo {
   const { x, filter, bias, preluActivationWeights } = args.inputs as unknown as Record<string, TensorInfo | undefined>;
   const attrs = args.attrs as unknown as tf.FusedConv2DAttrs;
   const activation = (attrs.activation ?? 'linear') as Activation;
@@ -637,12 +212,28 @@ function convForward(cache: SessionCache, kernelName: 'Conv2D' | 'FusedConv2D', 
 }
 
 /**
+ * The HWIO filter input `w` [kH, kW, ...] reversed along both spatial axes, as `w_flipped`: a
+ * Slice with steps −1, and its initializers (a fresh array: graph builders append to it).
+ */
+function filterFlip(kH: number, kW: number): { node: OnnxNode; initializers: OnnxTensor[] } {
+  return {
+    node: { opType: 'Slice', inputs: ['w', 'flip_starts', 'flip_ends', 'flip_axes', 'flip_steps'], outputs: ['w_flipped'] },
+    initializers: [
+      onnxTensor.int64('flip_starts', [-1, -1]),
+      onnxTensor.int64('flip_ends', [-kH - 1, -kW - 1]), // one before the first element
+      onnxTensor.int64('flip_axes', [0, 1]),
+      onnxTensor.int64('flip_steps', [-1, -1]),
+    ],
+  };
+}
+
+/**
  * dx of a convolution; strided: ONNX ConvTranspose of dy with the forward weight in OIHW layout (which is
  * ConvTranspose's [C_in = Co, C_out = Ci, kH, kW]). The forward pads become ConvTranspose pads;
  * output_padding adds the trailing rows/columns a strided forward pass never read, so the result
  * is exactly inputShape: H = s·(oH − 1) + out_pad + k − pad_top − pad_bottom.
  */
-function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo {
+export function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo {
   const { dy, filter } = args.inputs as unknown as { dy: TensorInfo; filter: TensorInfo };
   const attrs = args.attrs as unknown as tf.Conv2DBackpropInputAttrs;
   const geometry = convGeometry(attrs.inputShape, filter.shape, args.attrs);
@@ -662,11 +253,13 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
     const [kH, kW, inChannels, outChannels] = filter.shape;
     const block = cache.blockSize();
     const route = blockedRoute(outChannels, block); // dy, with the filter's output channels, is the input here
+    const fullPads: [number, number, number, number] = [kH - 1 - pads[0], kW - 1 - pads[2], kH - 1 - pads[1], kW - 1 - pads[3]]; // ONNX order
     if (route !== undefined) {
       const build = (): GraphSpec => {
+        const flip = filterFlip(kH, kW);
         const spec: GraphSpec = {
           nodes: [
-            { opType: 'Slice', inputs: ['w', 'flip_starts', 'flip_ends', 'flip_axes', 'flip_steps'], outputs: ['w_flipped'] },
+            flip.node,
             transposeNode('w_flipped', 'w_swapped', [0, 1, 3, 2]), // HWIO of the dx convolution: [kH, kW, Co, Ci]
           ],
           inputs: [
@@ -674,12 +267,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
             { name: 'w', shape: filter.shape },
           ],
           outputs: [{ name: 'dx', shape: attrs.inputShape }],
-          initializers: [
-            onnxTensor.int64('flip_starts', [-1, -1]),
-            onnxTensor.int64('flip_ends', [-kH - 1, -kW - 1]),
-            onnxTensor.int64('flip_axes', [0, 1]),
-            onnxTensor.int64('flip_steps', [-1, -1]),
-          ],
+          initializers: flip.initializers,
         };
         blockedConvNodes(
           spec,
@@ -689,7 +277,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
             kernel: [kH, kW],
             strides: [1, 1],
             dilations: [1, 1],
-            pads: [kH - 1 - pads[0], kW - 1 - pads[2], kH - 1 - pads[1], kW - 1 - pads[3]],
+            pads: fullPads,
             relu: false,
           },
           route,
@@ -699,31 +287,29 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
       };
       return runPerImage(cache, 'Conv2DBackpropInput', args.backend, { key: `${key}|nchwc${block}`, build, inputs: [dy, filter], outShape: attrs.inputShape });
     }
-    const build = (): GraphSpec => ({
-      nodes: [
-        transposeNode('dy', 'dy_nchw', NHWC_TO_NCHW),
-        { opType: 'Slice', inputs: ['w', 'flip_starts', 'flip_ends', 'flip_axes', 'flip_steps'], outputs: ['w_flipped'] },
-        transposeNode('w_flipped', 'w_swapped', [2, 3, 0, 1]), // [Ci, Co, kH, kW]: OIHW of the dx convolution
-        {
-          opType: 'Conv',
-          inputs: ['dy_nchw', 'w_swapped'],
-          outputs: ['dx_nchw'],
-          attributes: { pads: { ints: [kH - 1 - pads[0], kW - 1 - pads[2], kH - 1 - pads[1], kW - 1 - pads[3]] } },
-        },
-        transposeNode('dx_nchw', 'dx', NCHW_TO_NHWC),
-      ],
-      inputs: [
-        { name: 'dy', shape: dy.shape },
-        { name: 'w', shape: filter.shape },
-      ],
-      outputs: [{ name: 'dx', shape: attrs.inputShape }],
-      initializers: [
-        onnxTensor.int64('flip_starts', [-1, -1]),
-        onnxTensor.int64('flip_ends', [-kH - 1, -kW - 1]), // one before the first element
-        onnxTensor.int64('flip_axes', [0, 1]),
-        onnxTensor.int64('flip_steps', [-1, -1]),
-      ],
-    });
+    const build = (): GraphSpec => {
+      const flip = filterFlip(kH, kW);
+      return {
+        nodes: [
+          transposeNode('dy', 'dy_nchw', NHWC_TO_NCHW),
+          flip.node,
+          transposeNode('w_flipped', 'w_swapped', [2, 3, 0, 1]), // [Ci, Co, kH, kW]: OIHW of the dx convolution
+          {
+            opType: 'Conv',
+            inputs: ['dy_nchw', 'w_swapped'],
+            outputs: ['dx_nchw'],
+            attributes: { pads: { ints: fullPads } },
+          },
+          transposeNode('dx_nchw', 'dx', NCHW_TO_NHWC),
+        ],
+        inputs: [
+          { name: 'dy', shape: dy.shape },
+          { name: 'w', shape: filter.shape },
+        ],
+        outputs: [{ name: 'dx', shape: attrs.inputShape }],
+        initializers: flip.initializers,
+      };
+    };
     return runPerImage(cache, 'Conv2DBackpropInput', args.backend, { key, build, inputs: [dy, filter], outShape: attrs.inputShape });
   }
   const build = (): GraphSpec => ({
@@ -759,7 +345,7 @@ function conv2DBackpropInput(cache: SessionCache, args: KernelArgs): TensorInfo 
  * kernel does): 1.5–2.5× less CPU time on ResNet-20's layers, whose N = kH·kW = 9 GEMM columns
  * suit MLAS badly.
  */
-function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo {
+export function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo {
   const { x, dy } = args.inputs as unknown as { x: TensorInfo; dy: TensorInfo };
   const attrs = args.attrs as unknown as tf.Conv2DBackpropFilterAttrs;
   const geometry = convGeometry(x.shape, attrs.filterShape, args.attrs);
@@ -836,7 +422,7 @@ function conv2DBackpropFilter(cache: SessionCache, args: KernelArgs): TensorInfo
  * BatchMatMul and _FusedMatMul: a [Ba, M, K] (or [Ba, K, M] transposed) times b; ONNX MatMul
  * broadcasts the batch dimension as tfjs does; bias is added with broadcasting, then the activation.
  */
-function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul', args: KernelArgs): TensorInfo {
+export function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul', args: KernelArgs): TensorInfo {
   const { a, b, bias, preluActivationWeights } = args.inputs as unknown as Record<string, TensorInfo | undefined>;
   const attrs = args.attrs as unknown as { transposeA: boolean; transposeB: boolean; activation?: string; leakyreluAlpha?: number };
   const activation = (attrs.activation ?? 'linear') as Activation;
@@ -876,115 +462,4 @@ function matMul(cache: SessionCache, kernelName: 'BatchMatMul' | '_FusedMatMul',
     return spec;
   });
   return runInto(cache, kernelName, args.backend, entry, fusedInputs([a!, b!], bias, preluActivationWeights));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Batch normalisation (training mode), forward and backward as one graph each
-
-
-/** The kernels run by onnxruntime; every other kernel of the backend is wasm's own. */
-export const DELEGATED_KERNELS = [
-  'Conv2D',
-  'FusedConv2D',
-  'Conv2DBackpropInput',
-  'Conv2DBackpropFilter',
-  'BatchMatMul',
-  '_FusedMatMul',
-] as const;
-
-function delegatedKernel(cache: SessionCache, name: (typeof DELEGATED_KERNELS)[number]): tf.KernelFunc {
-  const run = (args: KernelArgs): TensorInfo => {
-    switch (name) {
-      case 'Conv2D':
-      case 'FusedConv2D':
-        return convForward(cache, name, args);
-      case 'Conv2DBackpropInput':
-        return conv2DBackpropInput(cache, args);
-      case 'Conv2DBackpropFilter':
-        return conv2DBackpropFilter(cache, args);
-      case 'BatchMatMul':
-      case '_FusedMatMul':
-        return matMul(cache, name, args);
-    }
-  };
-  return run as unknown as tf.KernelFunc;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backend registration
-
-/**
- * The wasm backend instance seen under a second name. Everything is forwarded (one heap, one
- * data map, so tensors pass between 'wasm' and 'onnxruntime' without copies) except dispose():
- * the 'wasm' registration owns the instance, and tf.removeBackend('onnxruntime') or an engine
- * reset must not free it twice.
- */
-function aliasBackend(target: tf.KernelBackend): tf.KernelBackend {
-  const bound = new Map<PropertyKey, { original: unknown; bound: unknown }>();
-  return new Proxy(target, {
-    get(t, prop) {
-      if (prop === 'dispose') return () => {};
-      const value: unknown = Reflect.get(t, prop, t);
-      if (typeof value !== 'function') return value;
-      let cached = bound.get(prop);
-      if (cached?.original !== value) {
-        cached = { original: value, bound: (value as (...a: unknown[]) => unknown).bind(t) };
-        bound.set(prop, cached);
-      }
-      return cached.bound;
-    },
-    set(t, prop, value) {
-      return Reflect.set(t, prop, value, t);
-    },
-  });
-}
-
-export interface OnnxRuntimeBackend {
-  /** The registered tfjs backend name ('onnxruntime'). */
-  name: string;
-  ortVersion: string;
-  threads: number;
-  stats(): OnnxKernelStats;
-}
-
-// The tfjs kernel registry is process-global, so the registration (and the session cache its
-// kernels close over) is too: a second call returns the first registration.
-let registered: OnnxRuntimeBackend | undefined;
-
-/**
- * Registers the tfjs backend 'onnxruntime': the already initialised wasm backend's instance under
- * a second name, with all of wasm's kernels (including the project's training kernels, so call
- * registerWasmTrainingKernels() first) and the DELEGATED_KERNELS replaced by onnxruntime ones.
- * `--backend wasm` keeps wasm's own kernels: registrations are per backend name.
- * Throws OnnxRuntimeUnavailableError when onnxruntime-node cannot be used. A second call returns
- * the first registration (its options stand: kernels and sessions are per process).
- */
-export function registerOnnxruntimeBackend(options: OnnxKernelOptions = {}): OnnxRuntimeBackend {
-  if (registered !== undefined) return registered;
-  const ort = loadOrtSync();
-  const wasmInstance = tf.findBackend(WASM);
-  if (wasmInstance === null || wasmInstance === undefined) {
-    throw new Error("registerOnnxruntimeBackend: initialise the 'wasm' backend first (await tf.setBackend('wasm'))");
-  }
-  const cache = new SessionCache(ort, options);
-  const alias = aliasBackend(wasmInstance);
-  // Priority 0: never picked by tfjs on its own; only by name.
-  tf.registerBackend(ONNX_BACKEND_NAME, () => alias, 0);
-  const delegated = new Set<string>(DELEGATED_KERNELS);
-  for (const config of tf.getKernelsForBackend(WASM)) {
-    if (delegated.has(config.kernelName)) continue;
-    if (tf.getKernel(config.kernelName, ONNX_BACKEND_NAME) !== undefined) continue;
-    tf.registerKernel({ ...config, backendName: ONNX_BACKEND_NAME });
-  }
-  for (const name of DELEGATED_KERNELS) {
-    if (tf.getKernel(name, ONNX_BACKEND_NAME) !== undefined) tf.unregisterKernel(name, ONNX_BACKEND_NAME);
-    tf.registerKernel({ kernelName: name, backendName: ONNX_BACKEND_NAME, kernelFunc: delegatedKernel(cache, name) });
-  }
-  registered = {
-    name: ONNX_BACKEND_NAME,
-    ortVersion: ort.version,
-    threads: options.threads ?? availableParallelism(),
-    stats: () => cache.stats(),
-  };
-  return registered;
 }

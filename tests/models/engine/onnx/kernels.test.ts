@@ -7,14 +7,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../../../../models/engine/backend.ts';
-import {
-  DELEGATED_KERNELS,
-  loadOrtSync,
-  ONNX_BACKEND_NAME,
-  ORT_PINNED_VERSION,
-  registerOnnxruntimeBackend,
-  type OnnxRuntimeBackend,
-} from '../../../../models/engine/onnx/kernels.ts';
+import { loadOrtSync, ORT_PINNED_VERSION } from '../../../../models/engine/onnx/native.ts';
+import { DELEGATED_KERNELS, ONNX_BACKEND_NAME, registerOnnxruntimeBackend, type OnnxRuntimeBackend } from '../../../../models/engine/onnx/register.ts';
 import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../../../models/engine/onnx/proto.ts';
 import { BatchNorm } from '../../../../models/batch-norm.ts';
 import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from '../../../../models/engine/kernel-names.ts';
