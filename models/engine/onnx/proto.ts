@@ -239,13 +239,6 @@ export function encodeModel(model: OnnxModel): Uint8Array {
   return w.finish();
 }
 
-/** Exposed for the encoder's own tests: the varint bytes of an int64 value. */
-export function encodeVarintForTest(value: number): Uint8Array {
-  const w = new Writer();
-  w.varint(value);
-  return w.finish();
-}
-
 /** Convenience constructors for initializers. */
 export const onnxTensor = {
   int64(name: string, values: readonly number[], dims: readonly number[] = [values.length]): OnnxTensor {
