@@ -1,13 +1,5 @@
-// Backpropagation that frees memory as it goes.
-//
-// tfjs's engine.gradients (tfjs-core 4.22) keeps every gradient it computes, and every tensor a
-// kernel saved for its gradient, until the whole backward pass ends: the peak is about twice the
-// forward activations (measured on a SimCLR ResNet-20 step: 3.8 MB of saved tensors per image
-// after the forward pass, 8.7 MB per image of wasm heap at the end of the step). That caps the
-// batch a 4 GB wasm heap can train. Walking the tape backwards, once a node's input gradients
-// are computed neither its outputs' gradients nor its saved tensors are needed again (the tape is
-// in creation order, so every consumer of an output was processed before its producer). This
-// version of engine.gradients frees both there; its results are the stock ones, tensor for tensor.
+// Backpropagation that frees memory as it goes: a replacement for tfjs's engine.gradients with
+// the same results, and ReLU's gradient taken from its output.
 import * as tf from '@tensorflow/tfjs';
 import { RELU_GRAD } from './kernel-names.ts';
 
@@ -64,6 +56,16 @@ function nodesFromXsToY(tape: TapeNode[], xs: tf.Tensor[], y: tf.Tensor): TapeNo
   return path;
 }
 
+/**
+ * engine.gradients, freeing as it goes. tfjs's own (tfjs-core 4.22) keeps every gradient it
+ * computes, and every tensor a kernel saved for its gradient, until the whole backward pass ends:
+ * the peak is about twice the forward activations (measured on a SimCLR ResNet-20 step: 3.8 MB
+ * of saved tensors per image after the forward pass, 8.7 MB per image of wasm heap at the end of
+ * the step), which caps the batch a 4 GB wasm heap can train. Walking the tape backwards, once a
+ * node's input gradients are computed neither its outputs' gradients nor its saved tensors are
+ * needed again (the tape is in creation order, so every consumer of an output was processed
+ * before its producer): both are freed there. The results are the stock ones, tensor for tensor.
+ */
 function lowMemoryGradients(
   this: EngineInternals,
   f: () => tf.Tensor,

@@ -1,8 +1,5 @@
 // Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of kernel-names.ts)
-// for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops
-// (simd.ts) that read the tensors where they lie. Forward: 3 passes over x (Σx, Σ(x − μ)²,
-// y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12
-// passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
+// for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops on the heap.
 import * as tf from '@tensorflow/tfjs';
 import { heapF32, simdKernelsOf, type WasmBackend } from './heap.ts';
 
@@ -28,7 +25,8 @@ function checkFloat32(kernel: string, inputs: Record<string, TensorInfo>): void 
 
 /**
  * {x, gamma, beta}, {epsilon} → [y, batch mean, biased batch variance, 1/√(variance + ε)], the
- * statistics over every axis but the last.
+ * statistics over every axis but the last, in 3 passes over x (Σx, Σ(x − μ)², y). The composed
+ * path took ~12 passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
  */
 export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): TensorInfo[] {
   const { x, gamma, beta } = inputs as Record<string, TensorInfo>;
@@ -64,7 +62,8 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
 /**
  * {dy, x, mean, invStd, gamma} → [dx, dγ, dβ] with x̂ = (x − μ)·invStd over N = rows:
  *   dβ = Σdy,  dγ = Σdy·x̂,  dx = γ·invStd·(dy − dβ/N − x̂·dγ/N)
- *      = a·dy + b·(x − μ) + d,  a = γ·invStd,  b = −a·invStd²·Σdy(x − μ)/N,  d = −a·dβ/N.
+ *      = a·dy + b·(x − μ) + d,  a = γ·invStd,  b = −a·invStd²·Σdy(x − μ)/N,  d = −a·dβ/N,
+ * in 2 passes over dy and x (Σdy and Σdy·(x − μ), dx).
  */
 export function wasmBatchNormBackward({ inputs, backend }: KernelArgs): TensorInfo[] {
   const { dy, x, mean, invStd, gamma } = inputs as Record<string, TensorInfo>;
