@@ -1,6 +1,7 @@
 // Batch normalisation as a tf.layers layer whose training gradient is written out by hand (about
 // 12 passes over the data instead of the ~30 of tfjs's composed gradient: fast on wasm).
 import * as tf from '@tensorflow/tfjs';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './engine/kernel-names.ts';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
 type LayerVariable = ReturnType<tf.layers.Layer['addWeight']>;
@@ -11,14 +12,6 @@ export interface BatchNormArgs extends LayerArgs {
   /** Added to the variance before the square root. */
   epsilon?: number;
 }
-
-/**
- * Kernels a backend may register to run training batch norm as one fused step each way
- * (onnxruntime does: models/onnx-kernels.ts). Forward: {x, gamma, beta}, {epsilon} → [y, mean,
- * variance, invStd]; backward: {dy, x, mean, invStd, gamma} → [dx, dGamma, dBeta].
- */
-export const BATCH_NORM_FORWARD = 'SimclrBatchNormForward';
-export const BATCH_NORM_BACKWARD = 'SimclrBatchNormBackward';
 
 /** Per-channel sum over batch and space: [B, H, W, C] → [C]. */
 function channelSum(x: tf.Tensor4D): tf.Tensor1D {

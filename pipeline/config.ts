@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
-import { BACKEND_NAMES } from '../models/backend.ts';
+import { BACKEND_NAMES } from '../models/engine/backend.ts';
 
 export type OptionType = 'int' | 'number' | 'string' | 'boolean';
 

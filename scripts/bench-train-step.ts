@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadavg } from 'node:os';
-import { useBackend, type BackendName } from '../models/backend.ts';
+import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { buildEncoder } from '../models/resnet.ts';
 
 const DEFAULT_MODELS = 'resnet20';

@@ -4,8 +4,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { useBackend } from '../models/backend.ts';
-import { registerOnnxruntimeBackend } from '../models/onnx-kernels.ts';
+import { useBackend } from '../models/engine/backend.ts';
+import { registerOnnxruntimeBackend } from '../models/engine/onnx/register.ts';
 import { buildEncoder } from '../models/resnet.ts';
 
 const MB = 1024 * 1024;

@@ -3,7 +3,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
-import { useBackend, type BackendName } from '../models/backend.ts';
+import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
 import { defaultTemperature } from '../models/losses.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';

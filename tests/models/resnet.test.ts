@@ -3,7 +3,7 @@
 // against tf.layers.batchNormalization.
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { useBackend } from '../../models/backend.ts';
+import { useBackend } from '../../models/engine/backend.ts';
 import { BatchNorm, ENCODERS, buildEncoder } from '../../models/resnet.ts';
 import { expectTensorClose } from '../helpers.ts';
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { useBackend } from '../../models/backend.ts';
+import { useBackend } from '../../models/engine/backend.ts';
 import { makeOptimizer } from '../../models/optimizers.ts';
 import { buildSimclrModel, embed, pixelsToTensor, simclrStep, trainableVariables } from '../../models/simclr.ts';
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { BackendUnavailableError, useBackend } from '../../models/backend.ts';
+import { BackendUnavailableError, useBackend } from '../../../models/engine/backend.ts';
 
 describe('useBackend', () => {
   it('auto takes the first backend that loads and says which', async () => {

@@ -3,17 +3,12 @@
 import * as tf from '@tensorflow/tfjs';
 // Imported for its side effect: wasm's own kernels must be registered before ours replace one.
 import '@tensorflow/tfjs-backend-wasm';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from './batch-norm.ts';
-import { RELU_GRAD } from './gradients.ts';
-import { simdKernelsOf, wasmBatchNormBackward, wasmBatchNormForward } from './wasm-batch-norm.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, RELU_GRAD } from '../kernel-names.ts';
+import { wasmBatchNormBackward, wasmBatchNormForward } from './batch-norm.ts';
+import { simdKernelsOf, type WasmBackend } from './heap.ts';
 
 type TensorInfo = tf.TensorInfo;
 type Backend = tf.KernelBackend;
-/** The parts of tfjs-backend-wasm's BackendWasm the project's kernels use beyond the KernelBackend interface. */
-export interface WasmBackend extends tf.KernelBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
-  typedArrayFromHeap(info: TensorInfo): Float32Array | Int32Array | Uint8Array;
-}
 type Pads = [top: number, bottom: number, left: number, right: number];
 
 const BACKEND = 'wasm';

@@ -1,10 +1,5 @@
-// tfjs-backend-wasm on several threads under Node. The package ships a threaded SIMD build
-// (XNNPACK's convolutions, matmuls and elementwise ops split over a pthread pool) but only uses it
-// in browsers (tensorflow/tfjs#3830): its loader hands the pthreads their script as a Blob URL,
-// which Node's worker_threads cannot start. Here the 'wasm' backend's factory is replaced by one
-// that instantiates that build itself, with the pthread script given as a file
-// (wasm-thread-worker.cjs) and the module's own script path; the BackendWasm class and every
-// registered wasm kernel are the package's own, so nothing else changes.
+// tfjs-backend-wasm on several threads under Node: its threaded SIMD build started here, with
+// its pthreads' script given as a file (thread-worker.cjs), and the thread count to use.
 import * as tf from '@tensorflow/tfjs';
 import { BackendWasm, setThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { existsSync } from 'node:fs';
@@ -102,12 +97,19 @@ let installed = false;
  * Makes the 'wasm' backend start on `threads` threads (when it is first initialised; a backend
  * already running is left as it is). If the threaded build fails to start, the package's own
  * single-threaded factory runs instead and `log` says why.
+ *
+ * The package ships a threaded SIMD build (XNNPACK's convolutions, matmuls and elementwise ops
+ * split over a pthread pool) but only uses it in browsers (tensorflow/tfjs#3830): its loader
+ * hands the pthreads their script as a Blob URL, which Node's worker_threads cannot start. So the
+ * 'wasm' backend's factory is replaced by one that instantiates that build itself, with the
+ * pthread script given as a file and the module's own script path; the BackendWasm class and
+ * every registered wasm kernel are the package's own, so nothing else changes.
  */
 export function installThreadedWasm(
   threads: number,
   log: (line: string) => void = () => {},
   /** The pthreads' entry script (tests point it elsewhere to see the fallback). */
-  workerScript = fileURLToPath(new URL('./wasm-thread-worker.cjs', import.meta.url)),
+  workerScript = fileURLToPath(new URL('./thread-worker.cjs', import.meta.url)),
 ): void {
   if (threads <= 1 || installed || runningWasm() !== undefined) return;
   const stock = tf.findBackendFactory('wasm');

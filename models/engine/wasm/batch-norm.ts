@@ -1,37 +1,14 @@
-// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of batch-norm.ts)
-// for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops
-// (wasm-simd.ts) that read the tensors where they lie. Forward: 3 passes over x (Σx, Σ(x − μ)²,
-// y); backward: 2 passes over dy and x (Σdy and Σdy·(x − μ), dx). The composed path took ~12
-// passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
+// Training batch norm as two kernels (BATCH_NORM_FORWARD / BATCH_NORM_BACKWARD of kernel-names.ts)
+// for tfjs-backend-wasm, and so for 'onnxruntime', which shares its heap: SIMD loops on the heap.
 import * as tf from '@tensorflow/tfjs';
-import type { WasmBackend } from './wasm-kernels.ts';
-import { isWasmMemory, simdRowKernels, type SimdRowKernels } from './wasm-simd.ts';
+import { heapF32, simdKernelsOf, type WasmBackend } from './heap.ts';
 
 type TensorInfo = tf.TensorInfo;
-
-/** The backend, with the emscripten module that owns its heap. */
-interface WasmBackendWithHeap extends WasmBackend {
-  /** The single-threaded build exports its memory; the threaded one imports it (wasmMemory). */
-  wasm: { asm?: { memory?: unknown }; wasmMemory?: unknown };
-}
-
-/** A float32 tensor's data on the heap, as a view (take views after the last allocation). */
-function heapF32(backend: WasmBackend, info: TensorInfo): Float32Array {
-  return backend.typedArrayFromHeap(info) as Float32Array;
-}
 
 interface KernelArgs {
   inputs: tf.NamedTensorInfoMap;
   backend: tf.KernelBackend;
   attrs: tf.NamedAttrMap;
-}
-
-/** The SIMD loops (wasm-simd.ts) instantiated on the backend's own heap. */
-export function simdKernelsOf(backend: WasmBackend): SimdRowKernels {
-  const { wasm } = backend as WasmBackendWithHeap;
-  const memory = wasm?.asm?.memory ?? wasm?.wasmMemory;
-  if (!isWasmMemory(memory)) throw new Error('wasm SIMD kernels: the backend does not expose its WebAssembly.Memory (tfjs-backend-wasm 4.22 does)');
-  return simdRowKernels(memory);
 }
 
 /** [rows, channels] of an NHWC-like tensor whose statistics run over every leading axis. */
@@ -48,13 +25,14 @@ function checkFloat32(kernel: string, inputs: Record<string, TensorInfo>): void 
 
 /**
  * {x, gamma, beta}, {epsilon} → [y, batch mean, biased batch variance, 1/√(variance + ε)], the
- * statistics over every axis but the last.
+ * statistics over every axis but the last, in 3 passes over x (Σx, Σ(x − μ)², y). The composed
+ * path took ~12 passes on wasm; onnxruntime's graphs ~7 each way plus a copy of each output.
  */
 export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): TensorInfo[] {
   const { x, gamma, beta } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm forward', { x, gamma, beta });
   const { epsilon } = attrs as unknown as { epsilon: number };
-  const wasm = backend as WasmBackendWithHeap;
+  const wasm = backend as WasmBackend;
   const [rows, channels] = rowsAndChannels(x);
   const y = wasm.makeOutput(x.shape, 'float32');
   const stats = [0, 1, 2].map(() => wasm.makeOutput([channels], 'float32')); // mean, variance, invStd
@@ -84,12 +62,13 @@ export function wasmBatchNormForward({ inputs, backend, attrs }: KernelArgs): Te
 /**
  * {dy, x, mean, invStd, gamma} → [dx, dγ, dβ] with x̂ = (x − μ)·invStd over N = rows:
  *   dβ = Σdy,  dγ = Σdy·x̂,  dx = γ·invStd·(dy − dβ/N − x̂·dγ/N)
- *      = a·dy + b·(x − μ) + d,  a = γ·invStd,  b = −a·invStd²·Σdy(x − μ)/N,  d = −a·dβ/N.
+ *      = a·dy + b·(x − μ) + d,  a = γ·invStd,  b = −a·invStd²·Σdy(x − μ)/N,  d = −a·dβ/N,
+ * in 2 passes over dy and x (Σdy and Σdy·(x − μ), dx).
  */
 export function wasmBatchNormBackward({ inputs, backend }: KernelArgs): TensorInfo[] {
   const { dy, x, mean, invStd, gamma } = inputs as Record<string, TensorInfo>;
   checkFloat32('batch norm backward', { dy, x, mean, invStd, gamma });
-  const wasm = backend as WasmBackendWithHeap;
+  const wasm = backend as WasmBackend;
   const [rows, channels] = rowsAndChannels(x);
   const dx = wasm.makeOutput(x.shape, 'float32');
   const dGamma = wasm.makeOutput([channels], 'float32');

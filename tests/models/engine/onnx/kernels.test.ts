@@ -1,4 +1,4 @@
-// The 'onnxruntime' backend: its synchronous native path, the ONNX encoder, parity of every
+// The 'onnxruntime' backend: its synchronous native path, parity of every
 // delegated kernel (values and gradients) with the cpu backend, a ResNet-20 loss curve equal to
 // wasm's, backend isolation (wasm stays wasm) and no tensor leaks.
 import * as tf from '@tensorflow/tfjs';
@@ -6,19 +6,14 @@ import '@tensorflow/tfjs-backend-wasm';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { useBackend } from '../../models/backend.ts';
-import {
-  DELEGATED_KERNELS,
-  loadOrtSync,
-  ONNX_BACKEND_NAME,
-  ORT_PINNED_VERSION,
-  registerOnnxruntimeBackend,
-  type OnnxRuntimeBackend,
-} from '../../models/onnx-kernels.ts';
-import { encodeModel, encodeVarintForTest, OnnxDataType, onnxTensor } from '../../models/onnx-proto.ts';
-import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD, BatchNorm } from '../../models/batch-norm.ts';
-import { buildEncoder } from '../../models/resnet.ts';
-import { expectTensorClose, seededValues } from '../helpers.ts';
+import { useBackend } from '../../../../models/engine/backend.ts';
+import { loadOrtSync, ORT_PINNED_VERSION } from '../../../../models/engine/onnx/native.ts';
+import { DELEGATED_KERNELS, ONNX_BACKEND_NAME, registerOnnxruntimeBackend, type OnnxRuntimeBackend } from '../../../../models/engine/onnx/register.ts';
+import { encodeModel, OnnxDataType, onnxTensor } from '../../../../models/engine/onnx/proto.ts';
+import { BatchNorm } from '../../../../models/batch-norm.ts';
+import { BATCH_NORM_BACKWARD, BATCH_NORM_FORWARD } from '../../../../models/engine/kernel-names.ts';
+import { buildEncoder } from '../../../../models/resnet.ts';
+import { expectTensorClose, seededValues } from '../../../helpers.ts';
 
 type Backend = 'cpu' | 'wasm' | 'onnxruntime';
 // Node has WebAssembly; the project's lib settings leave its type out.
@@ -118,21 +113,6 @@ describe('synchronous native path (pinned onnxruntime-node internals)', () => {
     // [1 2 3; 4 5 6]·[1 0; 0 1; 1 1] = [4 5; 10 11], plus [10 20]
     expect(Array.from(y)).toEqual([14, 25, 20, 31]);
     session.dispose();
-  });
-});
-
-describe('onnx-proto encoder', () => {
-  it('writes protobuf varints, negative int64 as 10-byte two\'s complement', () => {
-    expect(Array.from(encodeVarintForTest(0))).toEqual([0]);
-    expect(Array.from(encodeVarintForTest(300))).toEqual([0xac, 0x02]);
-    expect(Array.from(encodeVarintForTest(2 ** 35))).toEqual([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
-    expect(Array.from(encodeVarintForTest(-1))).toEqual([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
-  });
-
-  it('refuses a tensor whose values do not fill its dims', () => {
-    expect(() =>
-      encodeModel({ opset: 17, graph: { name: 'g', nodes: [], inputs: [], outputs: [], initializers: [onnxTensor.float('t', [1, 2, 3], [2, 2])] } }),
-    ).toThrow(/tensor 't' has 3 values for dims \[2, 2\]/);
   });
 });
 

@@ -53,18 +53,19 @@ async function load(name: ConcreteBackend, log: (line: string) => void): Promise
       if (!(await tf.setBackend('wasm'))) {
         throw new BackendUnavailableError(name, 'the wasm backend did not initialise');
       }
-      const { activeWasmThreads } = await import('./wasm-threads.ts');
+      const { activeWasmThreads } = await import('./wasm/threads.ts');
       const threads = activeWasmThreads();
       log(`backend wasm: ${threads} thread${threads === 1 ? '' : 's'} (SIMCLR_WASM_THREADS sets it)`);
       return { name, tfName: 'wasm' };
     }
     case 'onnxruntime': {
-      // The wasm backend with its heavy kernels run by onnxruntime-node (models/onnx-kernels.ts);
+      // The wasm backend with its heavy kernels run by onnxruntime-node (onnx/);
       // it shares wasm's instance, so wasm is initialised first, single-threaded: onnxruntime-node
       // takes no views of the threaded build's shared heap, and runs the heavy kernels on every
       // core itself. onnxruntime-node is checked first, so that `auto` falling back to wasm
       // still gets wasm's threads.
-      const { loadOrtSync, registerOnnxruntimeBackend } = await import('./onnx-kernels.ts');
+      const { loadOrtSync } = await import('./onnx/native.ts');
+      const { registerOnnxruntimeBackend } = await import('./onnx/register.ts');
       try {
         loadOrtSync();
       } catch (err) {
@@ -74,7 +75,7 @@ async function load(name: ConcreteBackend, log: (line: string) => void): Promise
       if (!(await tf.setBackend('wasm'))) {
         throw new BackendUnavailableError(name, 'the wasm backend it builds on did not initialise');
       }
-      const { wasmHeapIsShared } = await import('./wasm-threads.ts');
+      const { wasmHeapIsShared } = await import('./wasm/threads.ts');
       if (wasmHeapIsShared()) {
         throw new BackendUnavailableError(
           name,
@@ -100,14 +101,14 @@ async function load(name: ConcreteBackend, log: (line: string) => void): Promise
 
 /**
  * Loads tfjs-backend-wasm with the project's training kernels; with `threaded`, its first start
- * uses wasmThreadCount() threads (models/wasm-threads.ts).
+ * uses wasmThreadCount() threads (wasm/threads.ts).
  */
 async function startWasm(log: (line: string) => void, threaded: boolean): Promise<void> {
   await import('@tensorflow/tfjs-backend-wasm');
-  const { registerWasmTrainingKernels } = await import('./wasm-kernels.ts');
+  const { registerWasmTrainingKernels } = await import('./wasm/kernels.ts');
   registerWasmTrainingKernels();
   if (threaded) {
-    const { installThreadedWasm, wasmThreadCount } = await import('./wasm-threads.ts');
+    const { installThreadedWasm, wasmThreadCount } = await import('./wasm/threads.ts');
     installThreadedWasm(wasmThreadCount(), log);
   }
 }
@@ -127,11 +128,11 @@ export async function useBackend(
   if (!(BACKEND_NAMES as readonly string[]).includes(requested)) {
     throw new Error(`unknown backend '${requested}' (choose from ${BACKEND_NAMES.join(', ')})`);
   }
-  // Every backend trains with the backprop that frees as it goes (models/gradients.ts).
+  // Every backend trains with the backprop that frees as it goes (gradients.ts).
   installLowMemoryGradients();
   if (requested === 'wasm' || requested === 'auto') {
     // A bad SIMCLR_WASM_THREADS is an error here, not a reason for `auto` to skip wasm.
-    const { wasmThreadCount } = await import('./wasm-threads.ts');
+    const { wasmThreadCount } = await import('./wasm/threads.ts');
     wasmThreadCount();
   }
   if (requested !== 'auto') {

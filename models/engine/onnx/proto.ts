@@ -1,9 +1,5 @@
 // Minimal protobuf encoder for the ONNX messages the onnxruntime kernels build (ModelProto,
 // GraphProto, NodeProto, AttributeProto, TensorProto, ValueInfoProto): write-only, no dependency.
-//
-// Field numbers are onnx/onnx.proto's (IR version 8). Protobuf wire format: every field is a
-// varint key (field << 3 | wire type) followed by a varint, a fixed 32-bit value or a
-// length-prefixed byte string (strings, bytes and nested messages).
 
 const WIRE_VARINT = 0;
 const WIRE_LENGTH = 2;
@@ -74,7 +70,11 @@ export interface OnnxModel {
 
 const utf8 = new TextEncoder();
 
-/** Growable byte buffer with the protobuf primitives. */
+/**
+ * Growable byte buffer with the protobuf primitives. Wire format: every field is a varint key
+ * (field << 3 | wire type) followed by a varint, a fixed 32-bit value or a length-prefixed byte
+ * string (strings, bytes and nested messages); field numbers below are onnx/onnx.proto's (IR 8).
+ */
 class Writer {
   private buf = new Uint8Array(256);
   private len = 0;
@@ -236,13 +236,6 @@ export function encodeModel(model: OnnxModel): Uint8Array {
       m.int(2, version);
     });
   }
-  return w.finish();
-}
-
-/** Exposed for the encoder's own tests: the varint bytes of an int64 value. */
-export function encodeVarintForTest(value: number): Uint8Array {
-  const w = new Writer();
-  w.varint(value);
   return w.finish();
 }
 

@@ -1,16 +1,16 @@
 // Parity of the wasm training kernels (convolution gradients, Tile; batch norm is checked in
 // resnet.test.ts against tf.layers.batchNormalization) with the cpu backend, with
 // float64 finite differences of a plain-JS convolution, and checks that they leak nothing.
-// They run on the threaded wasm build with 2 threads (models/wasm-threads.ts), as `--backend
-// wasm` does; the single-threaded build under them is covered by onnx-kernels.test.ts.
+// They run on the threaded wasm build with 2 threads (models/engine/wasm/threads.ts), as `--backend
+// wasm` does; the single-threaded build under them is covered by onnx/kernels.test.ts.
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { BatchNorm } from '../../models/batch-norm.ts';
-import { installLowMemoryGradients } from '../../models/gradients.ts';
-import { registerWasmTrainingKernels, setFilterGradientGroupBytes } from '../../models/wasm-kernels.ts';
-import { activeWasmThreads, installThreadedWasm, wasmHeapIsShared } from '../../models/wasm-threads.ts';
-import { expectTensorClose, seededValues } from '../helpers.ts';
+import { BatchNorm } from '../../../../models/batch-norm.ts';
+import { installLowMemoryGradients } from '../../../../models/engine/gradients.ts';
+import { registerWasmTrainingKernels, setFilterGradientGroupBytes } from '../../../../models/engine/wasm/kernels.ts';
+import { activeWasmThreads, installThreadedWasm, wasmHeapIsShared } from '../../../../models/engine/wasm/threads.ts';
+import { expectTensorClose, seededValues } from '../../../helpers.ts';
 
 type Pad = 'same' | 'valid' | [[0, 0], [number, number], [number, number], [0, 0]];
 

@@ -1,14 +1,7 @@
-// Backpropagation that frees memory as it goes.
-//
-// tfjs's engine.gradients (tfjs-core 4.22) keeps every gradient it computes, and every tensor a
-// kernel saved for its gradient, until the whole backward pass ends: the peak is about twice the
-// forward activations (measured on a SimCLR ResNet-20 step: 3.8 MB of saved tensors per image
-// after the forward pass, 8.7 MB per image of wasm heap at the end of the step). That caps the
-// batch a 4 GB wasm heap can train. Walking the tape backwards, once a node's input gradients
-// are computed neither its outputs' gradients nor its saved tensors are needed again (the tape is
-// in creation order, so every consumer of an output was processed before its producer). This
-// version of engine.gradients frees both there; its results are the stock ones, tensor for tensor.
+// Backpropagation that frees memory as it goes: a replacement for tfjs's engine.gradients with
+// the same results, and ReLU's gradient taken from its output.
 import * as tf from '@tensorflow/tfjs';
+import { RELU_GRAD } from './kernel-names.ts';
 
 /** The tfjs-core version whose engine internals this file was written against. */
 export const GRADIENTS_PINNED_CORE_VERSION = '4.22.0';
@@ -63,6 +56,16 @@ function nodesFromXsToY(tape: TapeNode[], xs: tf.Tensor[], y: tf.Tensor): TapeNo
   return path;
 }
 
+/**
+ * engine.gradients, freeing as it goes. tfjs's own (tfjs-core 4.22) keeps every gradient it
+ * computes, and every tensor a kernel saved for its gradient, until the whole backward pass ends:
+ * the peak is about twice the forward activations (measured on a SimCLR ResNet-20 step: 3.8 MB
+ * of saved tensors per image after the forward pass, 8.7 MB per image of wasm heap at the end of
+ * the step), which caps the batch a 4 GB wasm heap can train. Walking the tape backwards, once a
+ * node's input gradients are computed neither its outputs' gradients nor its saved tensors are
+ * needed again (the tape is in creation order, so every consumer of an output was processed
+ * before its producer): both are freed there. The results are the stock ones, tensor for tensor.
+ */
 function lowMemoryGradients(
   this: EngineInternals,
   f: () => tf.Tensor,
@@ -152,7 +155,7 @@ function registerReluGradientFromOutput(): void {
       const [y] = saved;
       return {
         x: () =>
-          // One pass where a backend has it (wasm, onnxruntime: models/wasm-kernels.ts).
+          // One pass where a backend has it (wasm, onnxruntime: models/engine/wasm/kernels.ts).
           tf.getKernel(RELU_GRAD, tf.getBackend()) !== undefined
             ? (tf.engine().runKernel(RELU_GRAD, { dy: dy as tf.Tensor, y }) as tf.Tensor)
             : tf.mul(dy as tf.Tensor, tf.step(y)),
@@ -160,9 +163,6 @@ function registerReluGradientFromOutput(): void {
     },
   });
 }
-
-/** Kernel {dy, y} → dy · step(y), ReLU's gradient from its output, in one pass. */
-export const RELU_GRAD = 'SimclrReluGrad';
 
 /**
  * Makes tf.grads / tf.variableGrads / optimizer.minimize free gradients and saved tensors during

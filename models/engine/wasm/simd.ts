@@ -1,11 +1,5 @@
-// A few hand-written WebAssembly SIMD loops over tensors on tfjs-backend-wasm's own heap: the
-// module imports the backend's WebAssembly.Memory, so it reads and writes tensors where they lie
-// (no copies). Emitted as bytes from the small assembler below; no toolchain, no build step.
-//
-// Every loop streams [rows, C] row-major float32 data with C a multiple of 4 (one v128 = 4
-// channels) and per-channel vectors of C floats; reductions accumulate 128 rows at a time into a
-// scratch vector, then add that into the total, so a sum over R rows carries about
-// (128 + R/128)·ε of rounding instead of R·ε.
+// Hand-written WebAssembly SIMD loops that import tfjs-backend-wasm's memory and work on tensors
+// where they lie; emitted as bytes by the small assembler below (no toolchain, no build step).
 
 type Code = number[];
 
@@ -86,9 +80,17 @@ function forLoop(i: number, from: Code, to: Code, step: Code, body: Code): Code 
 
 // --- row kernels -----------------------------------------------------------------------------
 
-/** Rows per partial sum in the reductions. */
+/**
+ * Rows per partial sum in the reductions: each accumulates BLOCK_ROWS rows into a scratch vector,
+ * then adds that into the total, so a sum over R rows carries about (128 + R/128)·ε of rounding
+ * instead of R·ε.
+ */
 const BLOCK_ROWS = 128;
 
+/**
+ * A loop over [rows, C] row-major float32 operands, C a multiple of 4 (one v128 = 4 channels),
+ * with per-channel vectors of C floats.
+ */
 interface RowKernel {
   name: string;
   /** Row-major [rows, C] operands, read or written; parameters after (rows, rowBytes). */

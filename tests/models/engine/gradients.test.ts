@@ -2,11 +2,11 @@
 // engine.gradients, a lower peak, nothing leaked, higher-order gradients still right.
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { useBackend } from '../../models/backend.ts';
-import { installLowMemoryGradients, uninstallLowMemoryGradients } from '../../models/gradients.ts';
-import { ntXentLoss } from '../../models/losses.ts';
-import { buildSimclrModel, trainableVariables } from '../../models/simclr.ts';
-import { seededValues } from '../helpers.ts';
+import { useBackend } from '../../../models/engine/backend.ts';
+import { installLowMemoryGradients, uninstallLowMemoryGradients } from '../../../models/engine/gradients.ts';
+import { ntXentLoss } from '../../../models/losses.ts';
+import { buildSimclrModel, trainableVariables } from '../../../models/simclr.ts';
+import { seededValues } from '../../helpers.ts';
 
 beforeAll(async () => {
   await useBackend('wasm');

@@ -1,4 +1,4 @@
-// The threaded tfjs-backend-wasm build under Node (models/wasm-threads.ts): the thread count
+// The threaded tfjs-backend-wasm build under Node (models/engine/wasm/threads.ts): the thread count
 // setting, and in a process of its own, `--backend wasm` on 2 threads computing what the cpu
 // backend computes, refusing onnxruntime afterwards, and exiting by itself.
 import * as tf from '@tensorflow/tfjs';
@@ -7,9 +7,9 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { BatchNorm } from '../../models/batch-norm.ts';
-import { activeWasmThreads, installThreadedWasm, MAX_WASM_THREADS, wasmHeapIsShared, wasmThreadCount } from '../../models/wasm-threads.ts';
-import { expectTensorClose } from '../helpers.ts';
+import { BatchNorm } from '../../../../models/batch-norm.ts';
+import { activeWasmThreads, installThreadedWasm, MAX_WASM_THREADS, wasmHeapIsShared, wasmThreadCount } from '../../../../models/engine/wasm/threads.ts';
+import { expectTensorClose } from '../../../helpers.ts';
 
 describe('wasmThreadCount', () => {
   it('takes SIMCLR_WASM_THREADS, else the cores Node reports (at most 8)', () => {

@@ -1,8 +1,8 @@
-// The hand-assembled WebAssembly SIMD row loops (models/wasm-simd.ts) against float64 loops in
+// The hand-assembled WebAssembly SIMD row loops (models/engine/wasm/simd.ts) against float64 loops in
 // plain JS, on row counts around their 128-row blocks and several channel counts.
 import { describe, expect, it } from 'vitest';
-import { newWasmMemory, simdModuleValidates, simdRowKernels } from '../../models/wasm-simd.ts';
-import { expectTensorClose, seededValues } from '../helpers.ts';
+import { newWasmMemory, simdModuleValidates, simdRowKernels } from '../../../../models/engine/wasm/simd.ts';
+import { expectTensorClose, seededValues } from '../../../helpers.ts';
 
 it('the module validates', () => {
   expect(simdModuleValidates()).toBe(true);
@@ -17,7 +17,7 @@ describe.each(
     { rows: 1000, channels: 64 },
   ].flatMap((c) => [
     { ...c, shared: false },
-    // The threaded tfjs-backend-wasm build's heap (models/wasm-threads.ts).
+    // The threaded tfjs-backend-wasm build's heap (models/engine/wasm/threads.ts).
     { ...c, shared: true },
   ]),
 )('$rows rows × $channels channels, shared memory $shared', ({ rows, channels, shared }) => {
