@@ -1,8 +1,9 @@
 // Stage runner: run-dir lock, stage manifest (running → completed | failed), resolved config file,
 // and the skip rule (same config hash and input hashes → nothing to do).
 import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { writeFileAtomic } from '../data/files.ts';
 import { sha256File } from '../data/manifest.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 
@@ -25,14 +26,6 @@ export interface StageManifest {
 /** Another process holds the run directory. */
 export class RunDirLockedError extends Error {
   override name = 'RunDirLockedError';
-}
-
-
-/** Writes a file so that readers see either the old or the whole new content, never half. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
 }
 
 function pidAlive(pid: number): boolean {
