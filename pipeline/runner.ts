@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { writeFileAtomic } from '../data/files.ts';
+import { processAlive, writeFileAtomic } from '../data/files.ts';
 import { sha256File } from '../data/manifest.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 
@@ -26,15 +26,6 @@ export interface StageManifest {
 /** Another process holds the run directory. */
 export class RunDirLockedError extends Error {
   override name = 'RunDirLockedError';
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**
@@ -61,7 +52,7 @@ export async function acquireRunLock(runDir: string): Promise<() => Promise<void
       } catch {
         // An unreadable lock body is treated as stale: the writer died between open and write.
       }
-      if (holder.pid && holder.pid !== process.pid && pidAlive(holder.pid)) {
+      if (holder.pid && holder.pid !== process.pid && processAlive(holder.pid)) {
         throw new RunDirLockedError(`${path}: run directory is in use by process ${holder.pid}; wait for it or remove the lock if that process is gone`);
       }
       await rm(path, { force: true });
