@@ -2,7 +2,7 @@
 // atomically, read with validation, verified by re-hashing, and the dataset read back through it.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, rm, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { writeFileAtomic } from './files.ts';
 import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
@@ -223,9 +223,4 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
   await writeFileAtomic(join(dir, 'rejected.jsonl'), rejectedLines.join(''));
   await writeManifest(dir, merged);
   return merged;
-}
-
-/** Deletes a dataset folder's manifest first, so a half-rewritten folder never looks complete. */
-export async function removeManifest(dir: string, file = MANIFEST_FILE): Promise<void> {
-  await rm(join(dir, file), { force: true });
 }

@@ -171,12 +171,6 @@ export function buildSchema<S extends SchemaName>(name: S, params: SchemaParams<
   return new Schema(fields, metadata);
 }
 
-export const imagesSchema = (imageShape: ImageShape, classes: readonly string[] = []) => buildSchema('images', { imageShape }, classes);
-export const viewsSchema = (imageShape: ImageShape, classes: readonly string[] = []) => buildSchema('views', { imageShape }, classes);
-export const embeddingsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('embeddings', { dim }, classes);
-export const logitsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('logits', { dim }, classes);
-export const predictionsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('predictions', { dim }, classes);
-
 function describeType(type: DataType): string {
   return String(type);
 }
@@ -267,11 +261,6 @@ function parseClasses(schema: Schema): string[] {
     throw new Error(`schema metadata "${META_CLASSES}" must be a JSON array of strings`);
   }
   return classes;
-}
-
-/** Number of rows in a Columns object (every column must agree; see toRecordBatch). */
-export function columnsLength(columns: { id: string[] }): number {
-  return columns.id.length;
 }
 
 const encoder = new TextEncoder();
