@@ -88,7 +88,7 @@ async function hashListing(dir: string): Promise<string> {
  * Hashes the stage inputs: a file by its bytes, a dataset directory by its manifest.json (which
  * holds its shards' sha256), any other directory by its listing. A missing input is a clear error.
  */
-export async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
+async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
   const out: { path: string; sha256: string }[] = [];
   for (const path of paths) {
     let info;

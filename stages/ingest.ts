@@ -120,7 +120,7 @@ function resolveOptions(options: IngestOptions): ResolvedOptions {
  * `part-00002-of-00008.rejected.jsonl`) so parallel jobs can share one outDir;
  * data/manifest.ts mergePartManifests then joins them into manifest.json.
  */
-export function ingestOutputNames(shardIndex: number, numShards: number): { shardPrefix: string; manifest: string; rejected: string } {
+function ingestOutputNames(shardIndex: number, numShards: number): { shardPrefix: string; manifest: string; rejected: string } {
   if (numShards === 1) return { shardPrefix: 'shard', manifest: MANIFEST_FILE, rejected: 'rejected.jsonl' };
   const part = partPrefix(shardIndex, numShards);
   return { shardPrefix: `${part}-shard`, manifest: `${part}.manifest.json`, rejected: `${part}.rejected.jsonl` };
