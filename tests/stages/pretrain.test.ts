@@ -13,6 +13,7 @@ import { layersModelFiles } from '../../models/checkpoint.ts';
 import { buildSimclrModel } from '../../models/simclr.ts';
 import { epochPermutation, holdoutSplit, limitRows, pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
 import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
+import { mulberry32 } from '../helpers.ts';
 
 const SIZE = 8;
 
@@ -20,8 +21,7 @@ const SIZE = 8;
 async function tinyDataset(perClass: number): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pretrain-data-'));
   const classes = SYNTHETIC_CLASSES.slice(0, 4);
-  let a = 7;
-  const random = () => ((a = (a * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const random = mulberry32(7);
   const ids: string[] = [];
   const labels: number[] = [];
   const pixels = new Uint8Array(classes.length * perClass * SIZE * SIZE * 3);
