@@ -12,7 +12,7 @@ export interface CropBox {
 }
 
 /** Colour-jitter op codes, in the order torchvision's ColorJitter numbers them. */
-export const JITTER_OPS = ['brightness', 'contrast', 'saturation', 'hue'] as const;
+const JITTER_OPS = ['brightness', 'contrast', 'saturation', 'hue'] as const;
 export type JitterOp = (typeof JITTER_OPS)[number];
 
 export interface JitterParams {

@@ -31,7 +31,7 @@ export interface DecodeResult {
  * PIL's convert('RGB') shows for the usual (0,0,0,0) transparent pixel, so datasets stay close to
  * torchvision's ImageFolder.
  */
-export const ALPHA_BACKGROUND = { r: 0, g: 0, b: 0 };
+const ALPHA_BACKGROUND = { r: 0, g: 0, b: 0 };
 
 /**
  * True for a JPEG that decoding alone turns into the output: 8-bit, 3 components (YCbCr/RGB),

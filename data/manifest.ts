@@ -2,8 +2,9 @@
 // atomically, read with validation, verified by re-hashing, and the dataset read back through it.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
+import { writeFileAtomic } from './files.ts';
 import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
 import { openShard, type OpenShardOptions, type ShardBatch, type ShardFile } from './shards.ts';
 
@@ -100,9 +101,7 @@ export function validateManifest(value: unknown, path = MANIFEST_FILE): DatasetM
 export async function writeManifest(dir: string, manifest: DatasetManifest, file = MANIFEST_FILE): Promise<string> {
   const path = join(dir, file);
   validateManifest(manifest, path);
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, JSON.stringify(manifest, null, 2) + '\n');
-  await rename(tmp, path);
+  await writeFileAtomic(path, JSON.stringify(manifest, null, 2) + '\n');
   return path;
 }
 
@@ -221,14 +220,7 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
       // a part without rejected files may have no list
     }
   }
-  const tmp = join(dir, `rejected.jsonl.${process.pid}.tmp`);
-  await writeFile(tmp, rejectedLines.join(''));
-  await rename(tmp, join(dir, 'rejected.jsonl'));
+  await writeFileAtomic(join(dir, 'rejected.jsonl'), rejectedLines.join(''));
   await writeManifest(dir, merged);
   return merged;
-}
-
-/** Deletes a dataset folder's manifest first, so a half-rewritten folder never looks complete. */
-export async function removeManifest(dir: string, file = MANIFEST_FILE): Promise<void> {
-  await rm(join(dir, file), { force: true });
 }

@@ -4,7 +4,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 
 /** Extensions taken as images (case-insensitive); other files are counted as ignored, not decoded. */
-export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif', '.heic', '.heif', '.jp2', '.jxl', '.svg'];
+const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif', '.heic', '.heif', '.jp2', '.jxl', '.svg'];
 
 export interface ScanEntry {
   /** Stable id: the path relative to the input folder (or as written in the CSV), '/' separators. */
@@ -68,7 +68,7 @@ async function listFiles(root: string, dir: string, out: string[]): Promise<void
  * nested folders inside a class belong to it) and image files directly in the root are rejected
  * as "not inside a class folder". Without sub-folders (or with `unlabeled`), every image is label null.
  */
-export async function scanImageFolder(root: string, options: ScanOptions = {}): Promise<ScanResult> {
+async function scanImageFolder(root: string, options: ScanOptions = {}): Promise<ScanResult> {
   const abs = resolve(root);
   let st;
   try {
@@ -130,7 +130,7 @@ function splitCsvLine(line: string): string[] | null {
  * (absolute paths are kept); an empty label means null; classes are the sorted distinct labels.
  * A path listed twice is rejected from its second row on.
  */
-export async function scanCsvList(csvPath: string, options: ScanOptions = {}): Promise<ScanResult> {
+async function scanCsvList(csvPath: string, options: ScanOptions = {}): Promise<ScanResult> {
   let text: string;
   try {
     text = await readFile(csvPath, 'utf8');

@@ -78,17 +78,6 @@ export type Row<S extends SchemaName> = {
   -readonly [C in keyof (typeof SCHEMAS)[S]]: ColumnElement<(typeof SCHEMAS)[S][C] & ColumnKind>;
 };
 
-export type ImagesColumns = Columns<'images'>;
-export type ViewsColumns = Columns<'views'>;
-export type EmbeddingsColumns = Columns<'embeddings'>;
-export type LogitsColumns = Columns<'logits'>;
-export type PredictionsColumns = Columns<'predictions'>;
-export type ImagesRow = Row<'images'>;
-export type ViewsRow = Row<'views'>;
-export type EmbeddingsRow = Row<'embeddings'>;
-export type LogitsRow = Row<'logits'>;
-export type PredictionsRow = Row<'predictions'>;
-
 /** A schema as the reader found it: which of ours, its list sizes and class names. */
 export interface SchemaInfo<S extends SchemaName = SchemaName> {
   name: S;
@@ -98,13 +87,13 @@ export interface SchemaInfo<S extends SchemaName = SchemaName> {
   arrow: Schema;
 }
 
-export const TENSOR_EXTENSION_NAME = 'arrow.fixed_shape_tensor';
+const TENSOR_EXTENSION_NAME = 'arrow.fixed_shape_tensor';
 const EXT_NAME_KEY = 'ARROW:extension:name';
 const EXT_META_KEY = 'ARROW:extension:metadata';
 /** Schema metadata keys; `classes` is the DESIGN contract, the other two let tools name the schema. */
-export const META_CLASSES = 'classes';
-export const META_SCHEMA = 'simclr:schema';
-export const META_SCHEMA_VERSION = 'simclr:schema_version';
+const META_CLASSES = 'classes';
+const META_SCHEMA = 'simclr:schema';
+const META_SCHEMA_VERSION = 'simclr:schema_version';
 
 /** Number of values a list column of this kind holds per row. */
 export function listSize(kind: 'image' | 'vector', params: SchemaParams): number {
@@ -160,7 +149,7 @@ function columnField(column: string, kind: ColumnKind, params: SchemaParams): Fi
 }
 
 /** Builds the Arrow schema `name` for the given list sizes, with class names in its metadata. */
-export function buildSchema<S extends SchemaName>(name: S, params: SchemaParams<S>, classes: readonly string[] = []): Schema {
+function buildSchema<S extends SchemaName>(name: S, params: SchemaParams<S>, classes: readonly string[] = []): Schema {
   checkParams(name, params);
   const fields = Object.entries(SCHEMAS[name]).map(([column, kind]) => columnField(column, kind as ColumnKind, params));
   const metadata = new Map([
@@ -170,12 +159,6 @@ export function buildSchema<S extends SchemaName>(name: S, params: SchemaParams<
   ]);
   return new Schema(fields, metadata);
 }
-
-export const imagesSchema = (imageShape: ImageShape, classes: readonly string[] = []) => buildSchema('images', { imageShape }, classes);
-export const viewsSchema = (imageShape: ImageShape, classes: readonly string[] = []) => buildSchema('views', { imageShape }, classes);
-export const embeddingsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('embeddings', { dim }, classes);
-export const logitsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('logits', { dim }, classes);
-export const predictionsSchema = (dim: number, classes: readonly string[] = []) => buildSchema('predictions', { dim }, classes);
 
 function describeType(type: DataType): string {
   return String(type);
@@ -267,11 +250,6 @@ function parseClasses(schema: Schema): string[] {
     throw new Error(`schema metadata "${META_CLASSES}" must be a JSON array of strings`);
   }
   return classes;
-}
-
-/** Number of rows in a Columns object (every column must agree; see toRecordBatch). */
-export function columnsLength(columns: { id: string[] }): number {
-  return columns.id.length;
 }
 
 const encoder = new TextEncoder();

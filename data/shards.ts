@@ -14,6 +14,7 @@ import {
   type Data,
 } from 'apache-arrow';
 import { Message } from 'apache-arrow/ipc/metadata/message';
+import { renameDurable, tempPath } from './files.ts';
 import {
   fromRecordBatch,
   identifySchema,
@@ -45,7 +46,7 @@ export interface ShardWriterOptions<S extends SchemaName> {
   maxRows?: number;
   /** Start a new shard before exceeding this many bytes (estimated from the batch buffers). Default 256 MiB. */
   maxBytes?: number;
-  /** fdatasync each shard before its rename so a crash cannot leave a complete-looking torn file. Default true. */
+  /** fdatasync each shard before its rename, and the folder after it, so a crash cannot leave a complete-looking torn file. Default true. */
   sync?: boolean;
 }
 
@@ -88,8 +89,8 @@ interface OpenShard {
 
 /**
  * Streams record batches into Arrow IPC file shards (uncompressed: apache-arrow 21's compressed
- * writer produces files other implementations reject). Each shard is written as
- * `<name>.<pid>.tmp` and renamed when its footer is written, so a final name always holds a
+ * writer produces files other implementations reject). Each shard is written as its tempPath,
+ * `<name>.tmp-<pid>`, and renamed when its footer is written, so a final name always holds a
  * complete file. One writer per output; it is not safe to call write() concurrently.
  */
 export class ShardWriter<S extends SchemaName> {
@@ -184,7 +185,7 @@ export class ShardWriter<S extends SchemaName> {
 
   private startShard(): OpenShard {
     const name = shardFileName(this.prefix, this.done.length);
-    const tmpPath = join(this.dir, `${name}.${process.pid}.tmp`);
+    const tmpPath = tempPath(join(this.dir, name));
     const fd = openSync(tmpPath, 'w');
     const writer = new SpecFileWriter();
     const shard: OpenShard = { name, tmpPath, fd, hash: createHash('sha256'), rows: 0, bytes: 0, writer, pump: Promise.resolve(), pumpError: null };
@@ -216,7 +217,8 @@ export class ShardWriter<S extends SchemaName> {
     } finally {
       closeSync(shard.fd);
     }
-    await rename(shard.tmpPath, join(this.dir, shard.name));
+    const path = join(this.dir, shard.name);
+    await (this.sync ? renameDurable(shard.tmpPath, path) : rename(shard.tmpPath, path));
     this.done.push({ path: shard.name, rows: shard.rows, sha256: shard.hash.digest('hex') });
   }
 }

@@ -10,9 +10,11 @@
 // Sub-directories rather than one combined model because the stages need the parts separately
 // (fine-tuning takes the encoder and a truncated head, distillation replaces the head) and a
 // combined functional model would have to be taken apart by layer names after loading.
-import { open, mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+// The one thing models/ imports of ours: data/files.ts, the project's atomic-write helpers.
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { leftovers, removeStaleLeftovers, replaceDir, syncDir, tempPath, writeFileSynced } from '../data/files.ts';
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -73,32 +75,6 @@ interface OptimizerJson {
   config: unknown;
   weights_path: string;
   weights: tf.io.WeightsManifestEntry[];
-}
-
-/** Writes and flushes a file, so that a rename after it never publishes a file still in the page cache only. */
-async function writeDurable(path: string, data: string | Uint8Array): Promise<number> {
-  const handle = await open(path, 'w');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
-}
-
-/** Flushes a directory's entries (the renames); not supported everywhere, so best effort. */
-async function syncDirectory(path: string): Promise<void> {
-  try {
-    const handle = await open(path, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // Windows cannot open directories; the rename is still atomic there, only less durable.
-  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -176,8 +152,8 @@ export function layersModelFiles(modelDir: string): tf.io.IOHandler {
         ...(artifacts.userDefinedMetadata ? { userDefinedMetadata: artifacts.userDefinedMetadata } : {}),
       };
       await mkdir(modelDir, { recursive: true });
-      await writeDurable(join(modelDir, WEIGHTS_BIN), new Uint8Array(weightData));
-      await writeDurable(jsonPath, JSON.stringify(modelJson));
+      await writeFileSynced(join(modelDir, WEIGHTS_BIN), new Uint8Array(weightData));
+      await writeFileSynced(jsonPath, JSON.stringify(modelJson));
       return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
     },
 
@@ -204,37 +180,6 @@ export function layersModelFiles(modelDir: string): tf.io.IOHandler {
 
 const MODEL_NAME = /^[A-Za-z0-9_-]+$/;
 
-function tmpPrefix(dir: string): string {
-  return `${basename(dir)}.tmp-`;
-}
-
-function oldPrefix(dir: string): string {
-  return `${basename(dir)}.old-`;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Removes `.tmp-<pid>` / `.old-<pid>` siblings left by processes that died mid-save. */
-async function removeStale(dir: string): Promise<void> {
-  const parent = dirname(dir);
-  for (const entry of await readdir(parent)) {
-    for (const prefix of [tmpPrefix(dir), oldPrefix(dir)]) {
-      if (!entry.startsWith(prefix)) continue;
-      const pid = Number(entry.slice(prefix.length));
-      if (Number.isInteger(pid) && pid !== process.pid && !processAlive(pid)) {
-        await rm(join(parent, entry), { recursive: true, force: true });
-      }
-    }
-  }
-}
-
 /**
  * Saves a checkpoint to `dir` (e.g. `<run>/pretrain/checkpoint`), replacing any previous one
  * atomically: everything is written and flushed into `<dir>.tmp-<pid>`, the old `dir` is renamed
@@ -251,10 +196,8 @@ export async function saveCheckpoint(dir: string, contents: CheckpointContents):
   const stateText = JSON.stringify(contents.state ?? null, null, 2);
   if (stateText === undefined) throw new Error('saveCheckpoint: contents.state must be JSON-serialisable');
 
-  const parent = dirname(dir);
-  const tmp = join(parent, `${tmpPrefix(dir)}${process.pid}`);
-  const old = join(parent, `${oldPrefix(dir)}${process.pid}`);
-  await mkdir(parent, { recursive: true });
+  const tmp = tempPath(dir);
+  await mkdir(dirname(dir), { recursive: true });
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp);
   try {
@@ -273,9 +216,9 @@ export async function saveCheckpoint(dir: string, contents: CheckpointContents):
       const weights = await optimizer.getWeights();
       try {
         const { data, specs } = await tf.io.encodeWeights(weights);
-        await writeDurable(join(tmp, OPTIMIZER_BIN), new Uint8Array(tf.io.CompositeArrayBuffer.join(data)));
+        await writeFileSynced(join(tmp, OPTIMIZER_BIN), new Uint8Array(tf.io.CompositeArrayBuffer.join(data)));
         const json: OptimizerJson = { class_name: optimizer.getClassName(), config: optimizer.getConfig(), weights_path: OPTIMIZER_BIN, weights: specs };
-        await writeDurable(join(tmp, OPTIMIZER_JSON), JSON.stringify(json, null, 2));
+        await writeFileSynced(join(tmp, OPTIMIZER_JSON), JSON.stringify(json, null, 2));
       } finally {
         // tfjs's own optimizers hand out their live variables; ours hand out copies.
         tf.dispose(weights.map((w) => w.tensor).filter((t) => !(t instanceof tf.Variable)));
@@ -285,37 +228,29 @@ export async function saveCheckpoint(dir: string, contents: CheckpointContents):
       optimizerInfo = { class_name: optimizer.getClassName() };
     }
 
-    await writeDurable(join(tmp, STATE), stateText);
+    await writeFileSynced(join(tmp, STATE), stateText);
     await record(STATE);
 
     const index: CheckpointIndex = { format: FORMAT, version: FORMAT_VERSION, saved_at: new Date().toISOString(), models: names, optimizer: optimizerInfo, files };
-    await writeDurable(join(tmp, INDEX), JSON.stringify(index, null, 2));
-    for (const name of names) await syncDirectory(join(tmp, name));
-    await syncDirectory(tmp);
+    await writeFileSynced(join(tmp, INDEX), JSON.stringify(index, null, 2));
+    for (const name of names) await syncDir(join(tmp, name));
+    await syncDir(tmp);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
 
-  const hadPrevious = await exists(dir);
-  if (hadPrevious) await rename(dir, old);
-  await rename(tmp, dir);
-  await syncDirectory(parent);
-  if (hadPrevious) await rm(old, { recursive: true, force: true });
-  await removeStale(dir);
+  await replaceDir(tmp, dir);
+  await removeStaleLeftovers(dir);
 }
 
 /** The directory holding the last complete checkpoint for `dir`, or null when there is none. */
 export async function findCheckpoint(dir: string): Promise<string | null> {
   if (await exists(dir)) return dir;
   // Between saveCheckpoint's two renames the previous checkpoint sits at <dir>.old-<pid>.
-  const parent = dirname(dir);
-  if (!(await exists(parent))) return null;
   const candidates: { path: string; mtime: number }[] = [];
-  for (const entry of await readdir(parent)) {
-    if (!entry.startsWith(oldPrefix(dir))) continue;
-    const path = join(parent, entry);
-    if (await exists(join(path, INDEX))) candidates.push({ path, mtime: (await stat(join(path, INDEX))).mtimeMs });
+  for (const { path, kind } of await leftovers(dir)) {
+    if (kind === 'old' && (await exists(join(path, INDEX)))) candidates.push({ path, mtime: (await stat(join(path, INDEX))).mtimeMs });
   }
   candidates.sort((a, b) => b.mtime - a.mtime);
   return candidates[0]?.path ?? null;

@@ -14,7 +14,7 @@ class UsageError extends Error {
   override name = 'UsageError';
 }
 
-export function exitCodeFor(err: unknown): number {
+function exitCodeFor(err: unknown): number {
   return err instanceof Error && USAGE_ERROR_NAMES.test(err.name) ? 2 : 1;
 }
 

@@ -68,7 +68,7 @@ export function kebab(key: string): string {
 }
 
 /** Converts and checks one value against its spec; `where` names the source for the error. */
-export function coerceOption(key: string, spec: OptionSpec, raw: unknown, where: string): string | number | boolean {
+function coerceOption(key: string, spec: OptionSpec, raw: unknown, where: string): string | number | boolean {
   const name = `${where} '${kebab(key)}'`;
   let value: string | number | boolean;
   switch (spec.type) {
@@ -146,7 +146,7 @@ export async function loadConfigFile(path: string, stageNames: readonly string[]
 }
 
 /** Parses `--set key=value` entries; `stage.key=value` addresses one stage's section. */
-export function parseSetEntries(entries: readonly string[]): { stage?: string; key: string; value: string }[] {
+function parseSetEntries(entries: readonly string[]): { stage?: string; key: string; value: string }[] {
   return entries.map((entry) => {
     const eq = entry.indexOf('=');
     if (eq <= 0) throw new ConfigError(`--set '${entry}' must look like key=value`);

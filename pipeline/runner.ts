@@ -1,8 +1,9 @@
 // Stage runner: run-dir lock, stage manifest (running → completed | failed), resolved config file,
 // and the skip rule (same config hash and input hashes → nothing to do).
 import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { processAlive, writeFileAtomic } from '../data/files.ts';
 import { sha256File } from '../data/manifest.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 
@@ -25,23 +26,6 @@ export interface StageManifest {
 /** Another process holds the run directory. */
 export class RunDirLockedError extends Error {
   override name = 'RunDirLockedError';
-}
-
-
-/** Writes a file so that readers see either the old or the whole new content, never half. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**
@@ -68,7 +52,7 @@ export async function acquireRunLock(runDir: string): Promise<() => Promise<void
       } catch {
         // An unreadable lock body is treated as stale: the writer died between open and write.
       }
-      if (holder.pid && holder.pid !== process.pid && pidAlive(holder.pid)) {
+      if (holder.pid && holder.pid !== process.pid && processAlive(holder.pid)) {
         throw new RunDirLockedError(`${path}: run directory is in use by process ${holder.pid}; wait for it or remove the lock if that process is gone`);
       }
       await rm(path, { force: true });
@@ -104,7 +88,7 @@ async function hashListing(dir: string): Promise<string> {
  * Hashes the stage inputs: a file by its bytes, a dataset directory by its manifest.json (which
  * holds its shards' sha256), any other directory by its listing. A missing input is a clear error.
  */
-export async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
+async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
   const out: { path: string; sha256: string }[] = [];
   for (const path of paths) {
     let info;

@@ -1,9 +1,10 @@
 // `pipeline augment preview`: a PNG contact sheet (original | view1 | view2) of the first images
 // of a dataset, for checking by eye what the augmentation does to real data.
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { AugmentOptionsInput } from '../augment/options.ts';
 import { renderContactSheet } from '../augment/preview.ts';
+import { writeFileAtomic } from '../data/files.ts';
 import { ManifestError, readDataset, readManifest } from '../data/manifest.ts';
 import { ShardFormatError } from '../data/shards.ts';
 import { AugmentInputError } from './augment.ts';
@@ -74,14 +75,6 @@ export async function augmentPreview(options: AugmentPreviewOptions): Promise<{ 
 
   const path = resolve(out);
   await mkdir(dirname(path), { recursive: true });
-  // tmp + rename: a reader (or a browser refreshing the file) never sees half a PNG.
-  const tmp = `${path}.${process.pid}.tmp`;
-  try {
-    await writeFile(tmp, png);
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
+  await writeFileAtomic(path, png); // a reader (or a browser refreshing the file) never sees half a PNG
   return { out: path, pairs: ids.length };
 }

@@ -1,11 +1,12 @@
 // Ingest stage: an image folder or CSV list → size×size RGB `images` shards + dataset manifest,
 // decoding in a Piscina pool of sharp workers; unusable files are listed in rejected.jsonl.
 import 'sharp'; // load the native addon in the main thread before workers do (sharp's advice for worker pools)
-import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Piscina } from 'piscina';
 import type { DecodeResult, DecodeTask } from '../data/decode-worker.ts';
+import { writeFileAtomic } from '../data/files.ts';
 import { MANIFEST_FILE, partPrefix, writeManifest, type DatasetManifest } from '../data/manifest.ts';
 import { ScanInputError, limitPerClass as limitEntries, scanInput, takePart, type ScanEntry, type ScanRejected } from '../data/scan.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
@@ -120,7 +121,7 @@ function resolveOptions(options: IngestOptions): ResolvedOptions {
  * `part-00002-of-00008.rejected.jsonl`) so parallel jobs can share one outDir;
  * data/manifest.ts mergePartManifests then joins them into manifest.json.
  */
-export function ingestOutputNames(shardIndex: number, numShards: number): { shardPrefix: string; manifest: string; rejected: string } {
+function ingestOutputNames(shardIndex: number, numShards: number): { shardPrefix: string; manifest: string; rejected: string } {
   if (numShards === 1) return { shardPrefix: 'shard', manifest: MANIFEST_FILE, rejected: 'rejected.jsonl' };
   const part = partPrefix(shardIndex, numShards);
   return { shardPrefix: `${part}-shard`, manifest: `${part}.manifest.json`, rejected: `${part}.rejected.jsonl` };
@@ -226,7 +227,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     const shards = await writer.close();
     const rows = shards.reduce((n, s) => n + s.rows, 0);
 
-    await writeAtomic(join(outDir, names.rejected), rejected.map((r) => JSON.stringify(r) + '\n').join(''));
+    await writeFileAtomic(join(outDir, names.rejected), rejected.map((r) => JSON.stringify(r) + '\n').join(''));
     const manifest: DatasetManifest = {
       schema_version: SCHEMA_VERSION,
       schema: 'images',
@@ -252,12 +253,6 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   } finally {
     await pool.destroy();
   }
-}
-
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
 }
 
 /** Shards of an earlier run with more shards than this one would otherwise linger beside ours. */

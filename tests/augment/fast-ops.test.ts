@@ -22,16 +22,9 @@ import {
 } from '../../augment/ops.ts';
 import type { ViewParams } from '../../augment/params.ts';
 import { applyView } from '../../augment/transform.ts';
+import { mulberry32 } from '../helpers.ts';
 
-/** Deterministic test noise (an LCG), so a failure reproduces. */
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296;
-  };
-}
-const rand = lcg(20240601);
+const rand = mulberry32(20240601); // test noise; a failure reproduces from the seed
 const int = (lo: number, hi: number) => lo + Math.floor(rand() * (hi - lo + 1));
 function noiseImage(height: number, width: number): RgbImage {
   // Half smooth gradient, half noise: exercises both flat and busy regions.

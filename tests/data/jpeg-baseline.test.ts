@@ -6,24 +6,14 @@ import { join } from 'node:path';
 import sharp, { type JpegOptions } from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { decodeBaselineJpeg, JpegScratch } from '../../data/jpeg-baseline.ts';
+import { mulberry32 } from '../helpers.ts';
 
 sharp.concurrency(1);
 sharp.cache(false);
 
-/** Deterministic uniform [0, 1) (mulberry32). */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 /** HWC RGB with gradients, a hard diagonal edge, saturated patches and noise. */
 function testImage(width: number, height: number, seed: number): Buffer {
-  const rnd = random(seed);
+  const rnd = mulberry32(seed);
   const px = Buffer.alloc(width * height * 3);
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
@@ -360,7 +350,7 @@ describe('decodeBaselineJpeg on hand-made files', () => {
   });
 
   it('extreme coefficients: exact where accepted, declined where C and SIMD libjpeg could differ', async () => {
-    const rnd = random(11);
+    const rnd = mulberry32(11);
     let accepted = 0;
     let declined = 0;
     for (let trial = 0; trial < 40; trial++) {
@@ -443,7 +433,7 @@ describe('decodeBaselineJpeg declines what it does not reproduce', () => {
   });
 
   it('corrupted files: exact where accepted, never a throw', async () => {
-    const rnd = random(99);
+    const rnd = mulberry32(99);
     const files = [await encode(px, 32, 32, { quality: 75 }), await encode(testImage(40, 24, 2), 40, 24, { quality: 95, chromaSubsampling: '4:4:4' })];
     const sizes = [[32, 32], [40, 24]];
     let accepted = 0;

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accuracy, knnPredict } from '../../models/knn.ts';
+import { mulberry32 } from '../helpers.ts';
 
 /** Plain-JS weighted kNN: cosine similarity, top k, votes exp(sim / τ). */
 function referenceKnn(train: number[][], labels: number[], query: number[][], k: number, t: number, classes: number): number[] {
@@ -20,8 +21,8 @@ function referenceKnn(train: number[][], labels: number[], query: number[][], k:
 }
 
 function randomMatrix(rows: number, cols: number, seed: number): number[][] {
-  let a = seed;
-  const r = () => ((a = (a * 1103515245 + 12345) % 2147483648) / 2147483648) * 2 - 1;
+  const rand = mulberry32(seed);
+  const r = () => rand() * 2 - 1;
   return Array.from({ length: rows }, () => Array.from({ length: cols }, r));
 }
 

@@ -1,10 +1,9 @@
 // Tests for models/losses.ts: NT-Xent against a nested-loop copy of SimCLR's Algorithm 1, hand
 // values, symmetry, finite-difference gradients, contrastive accuracy, leaks.
 import * as tf from '@tensorflow/tfjs';
-import { mulberry32 } from '../../scripts/synthetic.ts';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultTemperature, ntXentLoss } from '../../models/losses.ts';
-import { expectTensorClose } from '../helpers.ts';
+import { expectTensorClose, mulberry32 } from '../helpers.ts';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');

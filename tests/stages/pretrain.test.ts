@@ -13,6 +13,7 @@ import { layersModelFiles } from '../../models/checkpoint.ts';
 import { buildSimclrModel } from '../../models/simclr.ts';
 import { holdoutSplit, pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
 import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
+import { mulberry32 } from '../helpers.ts';
 
 const SIZE = 8;
 
@@ -20,8 +21,7 @@ const SIZE = 8;
 async function tinyDataset(perClass: number): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pretrain-data-'));
   const classes = SYNTHETIC_CLASSES.slice(0, 4);
-  let a = 7;
-  const random = () => ((a = (a * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const random = mulberry32(7);
   const ids: string[] = [];
   const labels: number[] = [];
   const pixels = new Uint8Array(classes.length * perClass * SIZE * SIZE * 3);
@@ -75,14 +75,26 @@ describe('pretrain stage', () => {
     // 4 classes × (12 − 2 held out) = 40 training images → 5 steps of 8 per epoch.
     expect(result.metrics).toMatchObject({ epochs: 2, steps: 10 });
     expect(result.metrics.loss).toBeGreaterThan(0);
-    expect(result.metrics.contrastive_accuracy).toBeGreaterThanOrEqual(0);
-    expect(result.metrics.knn_accuracy).toBeGreaterThanOrEqual(0);
-    expect(result.metrics.knn_accuracy_random_init).toBeGreaterThanOrEqual(0);
+    // A count out of what was scored, not NaN or a wrong denominator: kNN classifies the 8 held-out
+    // images (2 per class), so its accuracy is in eighths; each step scores 2·8 views, so the last
+    // epoch's mean over 5 steps is in 80ths, and the two views of an image find each other more
+    // often than chance, 1 in 2N − 1 = 15 (a pairing bug gives chance or less).
+    const inUnits = (value: number | undefined, units: number) => {
+      expect(value).toBeGreaterThanOrEqual(0);
+      expect(value).toBeLessThanOrEqual(1);
+      expect(value! * units).toBeCloseTo(Math.round(value! * units), 6);
+    };
+    inUnits(result.metrics.knn_accuracy, 8);
+    inUnits(result.metrics.knn_accuracy_random_init, 8);
+    inUnits(result.metrics.contrastive_accuracy, 80);
+    expect(result.metrics.contrastive_accuracy).toBeGreaterThan(1 / 15);
     const rows = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
     // random-init kNN, then per epoch: steps 2 and 4 (interval rows) and the epoch row.
     expect(rows.map((r) => r.step)).toEqual([0, 2, 4, 5, 7, 9, 10]);
     const epochRows = rows.filter((r) => r.summary === 'epoch');
     expect(epochRows.map((r) => r.epoch)).toEqual([1, 2]);
+    expect(rows[0].knn_accuracy).toBe(result.metrics.knn_accuracy_random_init);
+    expect(epochRows[1]).toMatchObject({ loss: result.metrics.loss, contrastive_accuracy: result.metrics.contrastive_accuracy, knn_accuracy: result.metrics.knn_accuracy });
     for (const r of epochRows) expect(Object.keys(r)).toEqual(expect.arrayContaining(['loss', 'contrastive_accuracy', 'lr', 'images_per_second', 'knn_accuracy']));
     expect(lines.join('\n')).toMatch(/kNN accuracy with random weights/);
 

@@ -2,37 +2,35 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { BackendUnavailableError, useBackend } from '../../../models/engine/backend.ts';
 
+/** Whether an optional package loads here; a test that needs it (or its absence) is skipped, not passed, otherwise. */
+async function loads(specifier: string): Promise<boolean> {
+  try {
+    await import(/* @vite-ignore */ specifier);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// tfjs-node(-gpu) are optional extras these test machines do not have; onnxruntime-node is an
+// optional dependency that installs with npm ci.
+const hasTfjsNode = await loads(['@tensorflow', 'tfjs-node'].join('/'));
+const hasTfjsNodeGpu = await loads(['@tensorflow', 'tfjs-node-gpu'].join('/'));
+const hasOnnxruntime = await loads('onnxruntime-node');
+
 describe('useBackend', () => {
   it('auto takes the first backend that loads and says which', async () => {
     const lines: string[] = [];
     const choice = await useBackend('auto', (l) => lines.push(l));
-    let hasTfjsNode = true;
-    try {
-      await import(/* @vite-ignore */ ['@tensorflow', 'tfjs-node'].join('/'));
-    } catch {
-      hasTfjsNode = false;
-    }
-    let hasOnnxruntime = true;
-    try {
-      await import('onnxruntime-node');
-    } catch {
-      hasOnnxruntime = false;
-    }
-    // tfjs-node is an optional extra this test machine does not have; onnxruntime-node is an
-    // optional dependency that installs with npm ci: auto takes it, else wasm.
-    if (!hasTfjsNode) expect(choice.name).toBe(hasOnnxruntime ? 'onnxruntime' : 'wasm');
     expect(tf.getBackend()).toBe(choice.tfName);
     expect(lines.join('\n')).toMatch(new RegExp(`backend auto: using '${choice.name}'`));
   });
 
-  it('a named backend that is missing is an error, not a fallback', async () => {
-    let hasGpu = true;
-    try {
-      await import(/* @vite-ignore */ ['@tensorflow', 'tfjs-node-gpu'].join('/'));
-    } catch {
-      hasGpu = false;
-    }
-    if (hasGpu) return;
+  it.skipIf(hasTfjsNode || hasTfjsNodeGpu)(`without tfjs-node, auto takes ${hasOnnxruntime ? 'onnxruntime (installed)' : 'wasm (onnxruntime-node is not installed)'}`, async () => {
+    expect((await useBackend('auto')).name).toBe(hasOnnxruntime ? 'onnxruntime' : 'wasm');
+  });
+
+  it.skipIf(hasTfjsNodeGpu)('a named backend that is missing is an error, not a fallback', async () => {
     await expect(useBackend('tensorflow-gpu')).rejects.toThrow(BackendUnavailableError);
     await expect(useBackend('tensorflow-gpu')).rejects.toThrow(/@tensorflow\/tfjs-node-gpu is not installed/);
   });
