@@ -9,6 +9,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import type { BackendName } from '../models/engine/backend.ts';
 
 const CIFAR = fileURLToPath(new URL('../../shared/datasets/cifar10/train', import.meta.url));
 
@@ -35,7 +36,8 @@ async function child(data: string, model: string, batch: number, backend: string
   const { pretrain } = await import('../stages/pretrain.ts');
   const outDir = await mkdtemp(join(tmpdir(), 'bench-pretrain-'));
   try {
-    await pretrain({ data, outDir, model, batchSize: batch, backend: backend as never, epochs: 1, limit: batch * steps, logEvery: 1, log: () => {} });
+    // A command-line string; useBackend refuses a name it does not know.
+    await pretrain({ data, outDir, model, batchSize: batch, backend: backend as BackendName, epochs: 1, limit: batch * steps, logEvery: 1, log: () => {} });
     const rows = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8'))
       .trim()
       .split('\n')
