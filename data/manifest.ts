@@ -224,3 +224,18 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
   await writeManifest(dir, merged);
   return merged;
 }
+
+/**
+ * Identity of a dataset's content: its schema, shape, classes and each shard's rows and sha256, in
+ * order; not its timestamps or paths, so re-ingesting the same images gives the same hash.
+ */
+export function datasetHash(manifest: DatasetManifest): string {
+  const content = {
+    schema: manifest.schema,
+    image_shape: manifest.image_shape ?? null,
+    dim: manifest.dim ?? null,
+    classes: manifest.classes,
+    shards: manifest.shards.map((s) => [s.rows, s.sha256]),
+  };
+  return createHash('sha256').update(JSON.stringify(content)).digest('hex');
+}

@@ -126,6 +126,8 @@ export interface StageContext<C = ResolvedConfig> {
   runDir: string;
   stageDir: string;
   config: C;
+  /** `--force`: rerun although up to date, and replace what an earlier run left (a checkpoint). */
+  force: boolean;
   /** Records the backend that ended up running the stage. */
   setBackend(name: string): void;
 }
@@ -194,6 +196,7 @@ export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
         runDir,
         stageDir,
         config,
+        force: Boolean(opts.force),
         setBackend: (name) => {
           backend = name;
         },

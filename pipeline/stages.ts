@@ -213,6 +213,7 @@ export const STAGES: Record<string, StageDefinition> = {
         ...c,
         data: c.data ?? join(ctx.runDir, 'ingest'),
         outDir: ctx.stageDir,
+        force: ctx.force,
         signal: env.signal,
         log: (line) => {
           progress?.finish();

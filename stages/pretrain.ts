@@ -2,6 +2,7 @@
 // on an images dataset, run on the shared training loop (checkpoints, exact resume, kNN monitor).
 import type * as tf from '@tensorflow/tfjs';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
+import { datasetHash, readManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
@@ -49,6 +50,7 @@ export const PRETRAIN_DEFAULTS = {
   seed: 0,
   backend: 'auto',
   resume: false,
+  force: false,
   logEvery: 10,
   knnHoldout: 0,
   knnEvery: 0,
@@ -90,6 +92,8 @@ export interface PretrainOptions {
   workers?: number;
   backend?: BackendName;
   resume?: boolean;
+  /** Start over even though outDir holds a checkpoint (without it, that is an error naming --resume). */
+  force?: boolean;
   /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
   logEvery?: number;
   /** Hold out this many labeled images per class from training, as kNN queries (0 = none). */
@@ -211,12 +215,34 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
 
   const built = buildSimclrModel({ encoder: r.model, width: r.width, inputSize: size, headLayers: r.headLayers, projectionDim: r.projectionDim, seed: r.seed });
   const optimizer = makeOptimizer({ name: r.optimizer, learningRate: baseLr, momentum: r.momentum, weightDecay: r.weightDecay });
-  // What must match for a checkpoint to be resumed by the same run.
-  const key = { model: r.model, width: r.width, headLayers: r.headLayers, projectionDim: r.projectionDim, batchSize: r.batchSize, seed: r.seed, optimizer: r.optimizer, inputSize: size, trainRows: n };
+  // What must match for a checkpoint to be resumed by the same run: the data, the network, the
+  // batches and the schedule.
+  const key = {
+    model: r.model,
+    width: r.width,
+    headLayers: r.headLayers,
+    projectionDim: r.projectionDim,
+    batchSize: r.batchSize,
+    seed: r.seed,
+    optimizer: r.optimizer,
+    inputSize: size,
+    trainRows: n,
+    epochs: r.epochs,
+    datasetSha256: datasetHash(await readManifest(options.data)),
+    limit: r.limit,
+    knnHoldout: r.knnHoldout,
+    baseLr,
+    warmupSteps,
+    weightDecay: r.weightDecay,
+    momentum: r.momentum,
+    temperature,
+    colorStrength: r.colorStrength ?? null,
+    minScale: r.minScale ?? null,
+  };
   let models: Record<'encoder' | 'head', tf.LayersModel> = { encoder: built.encoder, head: built.head };
   // Everything below holds the model and optimizer: free them however the run ends.
   try {
-    const run = await openTraining({ stage: 'pretrain', outDir: options.outDir, models, optimizer, key, config: { temperature, baseLr, warmupSteps, totalSteps }, resume: r.resume });
+    const run = await openTraining({ stage: 'pretrain', outDir: options.outDir, models, optimizer, key, config: { totalSteps }, resume: r.resume, force: r.force });
     models = run.models;
     const model: SimclrModel = { ...models, featureDim: built.featureDim };
     if (r.resume) log(`pretrain: resuming from ${run.checkpointDir} at epoch ${run.state.epoch + 1}, step ${run.state.stepInEpoch} of ${stepsPerEpoch}`);

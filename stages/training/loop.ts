@@ -1,9 +1,10 @@
 // The loop every training stage runs on: resume at (epoch, step) with the same data order, atomic
 // checkpoints per epoch and on a signal, metrics.jsonl, progress, the non-finite-loss and
 // out-of-memory stops, and an evaluation hook every K epochs. A stage brings its step and batches.
-import { appendFile, mkdir, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
+import { writeFileAtomic } from '../../data/files.ts';
 import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../../models/checkpoint.ts';
 import type { WeightDecayOptimizer } from '../../models/optimizers.ts';
 
@@ -57,16 +58,20 @@ export interface OpenTrainingOptions<M extends string> {
   /** The freshly built models; replaced (and disposed) by the checkpoint's when resuming. */
   models: Record<M, tf.LayersModel>;
   optimizer: WeightDecayOptimizer;
+  /** Everything that shapes the run (data, model, batch, epochs, schedule): a resumed run must match it. */
   key: Record<string, JsonValue>;
   config?: Record<string, JsonValue>;
   resume: boolean;
-  log?: (line: string) => void;
+  /** Start over even though `outDir` holds a checkpoint. */
+  force?: boolean;
 }
 
 /**
- * Starts a run in `outDir`: with `resume`, restores models, optimizer state and position from
- * `outDir/checkpoint` after checking that it was made with the same `key`; otherwise empties
- * metrics.jsonl. On failure the models passed in are left to the caller, untouched.
+ * Starts a run in `outDir`. With `resume`, restores models, optimizer state and position from
+ * `outDir/checkpoint` after checking that it was made with the same `key`, and drops the
+ * metrics.jsonl rows written after that checkpoint (a killed run wrote them; they are run again).
+ * Without it, refuses to replace a checkpoint unless `force`, and empties metrics.jsonl.
+ * On failure the models passed in are left to the caller, untouched.
  */
 export async function openTraining<M extends string>(options: OpenTrainingOptions<M>): Promise<TrainingRun<M>> {
   const { stage, outDir, key } = options;
@@ -83,26 +88,64 @@ export async function openTraining<M extends string>(options: OpenTrainingOption
     key,
     config: options.config ?? {},
   };
+  const existing = await findCheckpoint(checkpointDir);
   if (!options.resume) {
+    if (existing !== null && !options.force) {
+      const { train } = await savedState(checkpointDir);
+      throw new TrainingInputError(
+        `${stage}: ${checkpointDir} holds the checkpoint of an earlier run (epoch ${train.epoch}, step ${train.globalStep}); ` +
+          `continue it with --resume, or start over with --force`,
+      );
+    }
     // A fresh run replaces the metrics of any earlier one in this directory.
-    await writeFile(metricsFile, '');
+    await writeFileAtomic(metricsFile, '');
     return run;
   }
-  if ((await findCheckpoint(checkpointDir)) === null) {
-    throw new TrainingInputError(`${stage} --resume: no checkpoint in ${checkpointDir} to resume from`);
-  }
+  if (existing === null) throw new TrainingInputError(`${stage} --resume: no checkpoint in ${checkpointDir} to resume from`);
   // The key first, from the state alone: a checkpoint of another run loads nothing into the optimizer.
-  const saved = (await loadCheckpoint(checkpointDir, { models: [] })).state as unknown as { train: TrainingState; key?: Record<string, JsonValue> };
+  const saved = await savedState(checkpointDir);
   for (const [k, v] of Object.entries(key)) {
-    if (saved.key?.[k] !== v) {
-      throw new TrainingInputError(`${stage} --resume: the checkpoint in ${checkpointDir} was made with ${k} = ${JSON.stringify(saved.key?.[k])}, this run has ${JSON.stringify(v)}`);
+    if (saved.key === undefined || !(k in saved.key)) {
+      throw new TrainingInputError(`${stage} --resume: the checkpoint in ${checkpointDir} does not record ${k} (an older version wrote it); start over with --force`);
+    }
+    if (JSON.stringify(saved.key[k]) !== JSON.stringify(v)) {
+      throw new TrainingInputError(`${stage} --resume: the checkpoint in ${checkpointDir} was made with ${k} = ${JSON.stringify(saved.key[k])}, this run has ${JSON.stringify(v)}`);
     }
   }
   const loaded = await loadCheckpoint(checkpointDir, { models: Object.keys(options.models), optimizer: options.optimizer });
   for (const m of Object.values<tf.LayersModel>(options.models)) m.dispose();
   run.models = loaded.models as Record<M, tf.LayersModel>;
   run.state = (loaded.state as unknown as { train: TrainingState }).train;
+  await writeFileAtomic(metricsFile, (await metricsRows(metricsFile)).filter((r) => r.step <= run.state.globalStep).map((r) => JSON.stringify(r) + '\n').join(''));
   return run;
+}
+
+async function savedState(checkpointDir: string): Promise<{ train: TrainingState; key?: Record<string, JsonValue> }> {
+  return (await loadCheckpoint(checkpointDir, { models: [] })).state as unknown as { train: TrainingState; key?: Record<string, JsonValue> };
+}
+
+type MetricsRow = { epoch: number; step: number; summary?: string } & Record<string, unknown>;
+
+/** The rows of a metrics.jsonl; a line a killed process left half-written is skipped. */
+async function metricsRows(file: string): Promise<MetricsRow[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const rows: MetricsRow[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      const row = JSON.parse(line) as MetricsRow;
+      if (typeof row.step === 'number') rows.push(row);
+    } catch {
+      // the torn last line of a killed writer
+    }
+  }
+  return rows;
 }
 
 /** Saves models, optimizer and `state` atomically in the run's checkpoint directory. */
@@ -180,6 +223,19 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
   const writeMetrics = (row: Record<string, unknown>) => appendFile(run.metricsFile, JSON.stringify(row) + '\n');
   const metrics: TrainingResult['metrics'] = { loss: NaN, images_per_second: NaN, epochs: 0, steps: run.state.globalStep };
   const result: TrainingResult = { metrics };
+
+  if (run.state.epoch >= epochs) {
+    // Resumed after its last epoch (killed before its manifest was written, or run again): the
+    // figures are those of the last epoch row.
+    const rows = await metricsRows(run.metricsFile);
+    const last = rows.filter((r) => r.summary === 'epoch').at(-1);
+    const start = rows.find((r) => r.step === 0 && r.summary === undefined);
+    for (const [k, v] of Object.entries(last ?? {})) if (typeof v === 'number' && !['epoch', 'step', 'lr', 'epoch_seconds'].includes(k)) metrics[k] = v;
+    Object.assign(metrics, { epochs: last?.epoch ?? run.state.epoch, steps: run.state.globalStep });
+    if (start) result.initial = Object.fromEntries(Object.entries(start).filter(([k, v]) => typeof v === 'number' && k !== 'epoch' && k !== 'step')) as Record<string, number>;
+    options.log?.(`${stage}: the checkpoint in ${checkpointDir} has finished all ${epochs} epochs; nothing left to train`);
+    return result;
+  }
 
   if (evaluation?.atStart && run.state.globalStep === 0) {
     result.initial = await evaluation.run({ epoch: 0, atStart: true });

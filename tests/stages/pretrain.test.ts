@@ -18,10 +18,10 @@ import { mulberry32 } from '../helpers.ts';
 const SIZE = 8;
 
 /** A tiny labeled images dataset written straight to shards: 4 classes × perClass images of 8 px. */
-async function tinyDataset(perClass: number): Promise<string> {
+async function tinyDataset(perClass: number, seed = 7): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pretrain-data-'));
   const classes = SYNTHETIC_CLASSES.slice(0, 4);
-  const random = mulberry32(7);
+  const random = mulberry32(seed);
   const ids: string[] = [];
   const labels: number[] = [];
   const pixels = new Uint8Array(classes.length * perClass * SIZE * SIZE * 3);
@@ -174,6 +174,24 @@ console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), 
     b.dispose();
     // A resumed run refuses a checkpoint made with other settings.
     await expect(pretrain({ ...common, batchSize: 4, outDir: resumedDir, resume: true })).rejects.toThrow(/was made with batchSize = 8, this run has 4/);
+  });
+
+  it('resumes only its own dataset and settings; a finished run resumes as a no-op; starting over needs force', async () => {
+    const other = await tinyDataset(12, 8); // the same size and classes, other pixels
+    const outDir = await mkdtemp(join(tmpdir(), 'pretrain-keys-'));
+    const common = { outDir, epochs: 1, batchSize: 8, headLayers: 1, projectionDim: 8, backend: 'wasm' as const, workers: 1 };
+    const first = await pretrain({ ...common, data });
+    await expect(pretrain({ ...common, data: other, resume: true })).rejects.toThrow(/was made with datasetSha256 = "[0-9a-f]{64}", this run has "[0-9a-f]{64}"/);
+    await expect(pretrain({ ...common, data, epochs: 2, resume: true })).rejects.toThrow(/was made with epochs = 1, this run has 2/);
+    await expect(pretrain({ ...common, data, temperature: 0.2, resume: true })).rejects.toThrow(/was made with temperature = 0.5, this run has 0.2/);
+    const lines: string[] = [];
+    const again = await pretrain({ ...common, data, resume: true, log: (l) => lines.push(l) });
+    expect(again.metrics).toEqual(first.metrics);
+    expect(lines.join('\n')).toMatch(/has finished all 1 epochs; nothing left to train/);
+    await expect(pretrain({ ...common, data })).rejects.toThrow(PretrainInputError);
+    await expect(pretrain({ ...common, data })).rejects.toThrow(/holds the checkpoint of an earlier run \(epoch 1, step 6\); continue it with --resume, or start over with --force/);
+    const over = await pretrain({ ...common, data: other, force: true });
+    expect(over.metrics).toMatchObject({ epochs: 1, steps: 6 });
   });
 
   it('refuses a batch larger than the data and a resume without checkpoint, naming the option', async () => {

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -34,9 +34,9 @@ function linearModel(): tf.LayersModel {
 }
 
 /** A fresh model and optimizer opened in `outDir`, and loop options whose step trains it. */
-async function setUp(outDir: string, resume = false, lr = 0.05) {
+async function setUp(outDir: string, resume = false, lr = 0.05, force = false) {
   const optimizer = makeOptimizer({ name: 'sgd', learningRate: lr, momentum: 0.9 });
-  const run = await openTraining({ stage: 'toy', outDir, models: { net: linearModel() }, optimizer, key: { rows: N, batch: BATCH }, resume });
+  const run = await openTraining({ stage: 'toy', outDir, models: { net: linearModel() }, optimizer, key: { rows: N, batch: BATCH }, resume, force });
   const seen: string[] = [];
   const options: TrainingLoopOptions<Batch> = {
     epochs: 3,
@@ -203,5 +203,54 @@ describe('trainingLoop', () => {
     await expect(trainingLoop(run, { ...options, step: () => { throw new TypeError('not memory'); } })).rejects.toThrow(TypeError);
     run.models.net.dispose();
     optimizer.dispose();
+  });
+  it('starts over in a directory with a checkpoint only with force, and says how to resume', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-force-'));
+    const first = await setUp(dir);
+    await trainingLoop(first.run, { ...first.options, epochs: 1 });
+    const net = linearModel();
+    const optimizer = makeOptimizer({ name: 'sgd', learningRate: 0.1 });
+    await expect(openTraining({ stage: 'toy', outDir: dir, models: { net }, optimizer, key: {}, resume: false })).rejects.toThrow(
+      new TrainingInputError(`toy: ${join(dir, 'checkpoint')} holds the checkpoint of an earlier run (epoch 1, step 3); continue it with --resume, or start over with --force`),
+    );
+    const again = await setUp(dir, false, 0.05, true);
+    expect(again.run.state).toEqual({ epoch: 0, stepInEpoch: 0, globalStep: 0 });
+    expect(await readFile(join(dir, 'metrics.jsonl'), 'utf8')).toBe('');
+    for (const m of [first.run.models.net, again.run.models.net, net]) m.dispose();
+    for (const o of [first.optimizer, again.optimizer, optimizer]) o.dispose();
+  });
+
+  it('after a kill and --resume, metrics.jsonl has each step once', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-kill-'));
+    const first = await setUp(dir);
+    await trainingLoop(first.run, { ...first.options, epochs: 1 });
+    // What a run killed with SIGKILL in epoch 2 leaves: rows past the checkpoint (step 3) and a torn line.
+    await appendFile(join(dir, 'metrics.jsonl'), JSON.stringify({ epoch: 2, step: 5, loss: 1 }) + '\n{"epoch": 2, "st');
+    const second = await setUp(dir, true);
+    await trainingLoop(second.run, second.options);
+    const rows = await readRows(dir);
+    expect(rows.map((r) => [r.step, r.summary ?? ''])).toEqual([[2, ''], [3, 'epoch'], [5, ''], [6, 'epoch'], [8, ''], [9, 'epoch']]);
+    expect(rows[2].loss).not.toBe(1);
+    for (const s of [first, second]) {
+      s.run.models.net.dispose();
+      s.optimizer.dispose();
+    }
+  });
+
+  it('resuming a finished run trains nothing, says so and reports the last epoch', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-done-'));
+    const first = await setUp(dir);
+    const done = await trainingLoop(first.run, first.options);
+    const before = await readFile(join(dir, 'metrics.jsonl'), 'utf8');
+    const second = await setUp(dir, true);
+    const lines: string[] = [];
+    const again = await trainingLoop(second.run, { ...second.options, step: () => expect.fail('no step may run'), log: (l) => lines.push(l) });
+    expect(again.metrics).toEqual(done.metrics);
+    expect(lines).toEqual([`toy: the checkpoint in ${join(dir, 'checkpoint')} has finished all 3 epochs; nothing left to train`]);
+    expect(await readFile(join(dir, 'metrics.jsonl'), 'utf8')).toBe(before);
+    for (const s of [first, second]) {
+      s.run.models.net.dispose();
+      s.optimizer.dispose();
+    }
   });
 });
