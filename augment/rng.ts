@@ -1,61 +1,6 @@
-// Counter-based random numbers for augmentation parameters: Philox4x32-10 keyed by the run seed,
-// with (epoch, image index, view) in the counter, so any view's parameters can be drawn alone.
-//
-// Why counter-based: the pool samples on the main thread in source order, but a stage
-// materialising shards (or a resumed run) must be able to draw view (epoch e, index i) without
-// replaying everything before it. Philox (Salmon et al., SC'11, "Random123") is a bijection of
-// the 128-bit counter under a 64-bit key, passes BigCrush, and has published known-answer
-// vectors (tested in tests/augment/rng.test.ts).
-
-const M0 = 0xd2511f53;
-const M1 = 0xcd9e8d57;
-const W0 = 0x9e3779b9;
-const W1 = 0xbb67ae85;
-
-/** High 32 bits of the 64-bit product of two uint32 (JS doubles lose bits above 2^53). */
-function mulhi32(a: number, b: number): number {
-  const aL = a & 0xffff;
-  const aH = a >>> 16;
-  const bL = b & 0xffff;
-  const bH = b >>> 16;
-  const ll = aL * bL;
-  const lh = aL * bH;
-  const hl = aH * bL;
-  const mid = (ll >>> 16) + (lh & 0xffff) + (hl & 0xffff);
-  return (aH * bH + (lh >>> 16) + (hl >>> 16) + Math.floor(mid / 65536)) >>> 0;
-}
-
-/**
- * Philox4x32-10: the 4-word counter `ctr` under the 2-word key `key` → 4 uint32 words (written to `out`).
- * All words are uint32 numbers.
- */
-export function philox4x32(ctr: ArrayLike<number>, key: ArrayLike<number>, out: Uint32Array = new Uint32Array(4)): Uint32Array {
-  let c0 = ctr[0] >>> 0;
-  let c1 = ctr[1] >>> 0;
-  let c2 = ctr[2] >>> 0;
-  let c3 = ctr[3] >>> 0;
-  let k0 = key[0] >>> 0;
-  let k1 = key[1] >>> 0;
-  for (let round = 0; round < 10; round++) {
-    if (round > 0) {
-      k0 = (k0 + W0) >>> 0;
-      k1 = (k1 + W1) >>> 0;
-    }
-    const hi0 = mulhi32(M0, c0);
-    const lo0 = Math.imul(M0, c0) >>> 0;
-    const hi1 = mulhi32(M1, c2);
-    const lo1 = Math.imul(M1, c2) >>> 0;
-    c0 = (hi1 ^ c1 ^ k0) >>> 0;
-    c1 = lo1;
-    c2 = (hi0 ^ c3 ^ k1) >>> 0;
-    c3 = lo0;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-  return out;
-}
+// Counter-based random numbers for augmentation parameters: Philox4x32-10 (data/random.ts) keyed by
+// the run seed, with (epoch, image index, view) in the counter, so any view's parameters can be drawn alone.
+import { philox4x32 } from '../data/random.ts';
 
 /** Where a view's random stream lives: one independent stream per (seed, epoch, index, view). */
 export interface StreamKey {

@@ -102,7 +102,7 @@ async function scanImageFolder(root: string, options: ScanOptions = {}): Promise
 }
 
 /** Splits one CSV line (RFC 4180 quoting: "a,b" and "" for a quote). */
-function splitCsvLine(line: string): string[] | null {
+export function splitCsvLine(line: string): string[] | null {
   const cells: string[] = [];
   let cell = '';
   let quoted = false;

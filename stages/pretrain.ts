@@ -11,7 +11,7 @@ import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
 import { defaultWarmupEpochs, scaledLearningRate, warmupCosine, type LearningRateScaling } from '../models/schedules.ts';
 import { buildSimclrModel, embed, pixelsToTensor, simclrStep, type SimclrModel } from '../models/simclr.ts';
 import { withDefaults } from './options.ts';
-import { epochPermutation, limitRows } from './training/rows.ts';
+import { epochPermutation, limitRows } from '../data/random.ts';
 import {
   NonFiniteLossError,
   openTraining,

@@ -15,7 +15,7 @@ import {
   TrainingOutOfMemoryError,
   type TrainingLoopOptions,
 } from '../../../stages/training/loop.ts';
-import { epochPermutation } from '../../../stages/training/rows.ts';
+import { epochPermutation } from '../../../data/random.ts';
 import { seededValues } from '../../helpers.ts';
 
 // A least-squares problem small enough to train in milliseconds: 12 rows of 3 features, batch 4.
