@@ -174,3 +174,30 @@ export function formatLabeledIds(data: LabeledRows, chosen: LabeledSubset): stri
 function csvField(value: string): string {
   return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
 }
+
+/**
+ * Splits rows into training rows and `perClass` held-out rows of every class: the last ones in
+ * dataset order (ingest sorts by id), so the split is the same for every stage and seed. Unlabeled
+ * rows all train. `flag` names the option in errors.
+ */
+export function holdoutSplit(data: LabeledRows, perClass: number, flag: string): { train: number[]; heldOut: number[] } {
+  if (perClass === 0) return { train: data.ids.map((_, i) => i), heldOut: [] };
+  const byClass = new Map<number, number[]>();
+  const train: number[] = [];
+  for (let i = 0; i < data.ids.length; i++) {
+    const label = data.labels[i];
+    if (label < 0) train.push(i);
+    else if (byClass.has(label)) byClass.get(label)!.push(i);
+    else byClass.set(label, [i]);
+  }
+  if (byClass.size === 0) throw new LabelSubsetInputError(`${flag} needs a labeled dataset, and this one has no labels`);
+  const heldOut: number[] = [];
+  for (const [label, rows] of [...byClass.entries()].sort((a, b) => a[0] - b[0])) {
+    if (rows.length <= perClass) {
+      throw new LabelSubsetInputError(`${flag} ${perClass} leaves no training images of class ${data.classes[label]} (${rows.length} images)`);
+    }
+    train.push(...rows.slice(0, rows.length - perClass));
+    heldOut.push(...rows.slice(rows.length - perClass));
+  }
+  return { train: train.sort((a, b) => a - b), heldOut };
+}

@@ -74,8 +74,10 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       if (!argv.json || verbose) io.stderr(line);
     };
     const inputs = await stage.inputs(config, runDir);
+    // A stage may run under another name (finetune --init random → RUN_DIR/baseline).
+    const dirName = stage.dirName?.(config) ?? stageName;
     const result = await runStage({
-      stage: stageName,
+      stage: dirName,
       runDir,
       config,
       inputs,
@@ -86,9 +88,9 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     });
     const m = result.manifest;
     if (argv.json) {
-      io.stdout(JSON.stringify({ stage: stageName, skipped: result.skipped, status: m.status, run_dir: runDir, backend: m.backend, metrics: m.metrics, outputs: m.outputs }));
+      io.stdout(JSON.stringify({ stage: dirName, skipped: result.skipped, status: m.status, run_dir: runDir, backend: m.backend, metrics: m.metrics, outputs: m.outputs }));
     } else {
-      io.stderr(`${stageName}: ${result.skipped ? 'skipped (up to date)' : m.status}; ${formatMetrics(m.metrics)}; manifest ${join(runDir, stageName, 'manifest.json')}`);
+      io.stderr(`${dirName}: ${result.skipped ? 'skipped (up to date)' : m.status}; ${formatMetrics(m.metrics)}; manifest ${join(runDir, dirName, 'manifest.json')}`);
     }
   };
 

@@ -6,7 +6,10 @@ import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
 import type { DatasetManifest } from '../data/manifest.ts';
 import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
+import { FINETUNE_DEFAULTS, finetune } from '../stages/finetune.ts';
 import { PRETRAIN_DEFAULTS, pretrain } from '../stages/pretrain.ts';
+import type { ProgressInfo } from '../stages/training/loop.ts';
+import { parseLabelSpec } from '../data/labels.ts';
 import { COMMON_OPTIONS, ConfigError, defineOptions, type ConfigOf, type OptionSpecs, type ResolvedConfig } from './config.ts';
 import { createProgress } from './progress.ts';
 import type { StageContext, StageOutcome } from './runner.ts';
@@ -41,6 +44,8 @@ export interface TypedStageDefinition<S extends OptionSpecs> {
   run(ctx: StageContext<StageConfig<S>>, env: StageEnv): Promise<StageOutcome>;
   /** Outside a run dir (`pipeline ingest --out DIR`). */
   standalone?(config: StageConfig<S>, outDir: string, env: StageEnv): Promise<Record<string, unknown>>;
+  /** Its directory (and manifest `stage`) in the run dir when not the stage's name. */
+  dirName?(config: StageConfig<S>): string;
 }
 
 /** A stage as the CLI sees it: configs resolved from its specs by resolveConfig. */
@@ -51,6 +56,7 @@ export interface StageDefinition {
   inputs(config: ResolvedConfig, runDir: string): Promise<string[]>;
   run(ctx: StageContext, env: StageEnv): Promise<StageOutcome>;
   standalone?(config: ResolvedConfig, outDir: string, env: StageEnv): Promise<Record<string, unknown>>;
+  dirName?(config: ResolvedConfig): string;
 }
 
 /**
@@ -148,6 +154,55 @@ const pretrainOptions = defineOptions({
   knnBank: { type: 'int', default: d.knnBank, min: 1, describe: 'labeled training images in the kNN memory bank, at most' },
 });
 
+const f = FINETUNE_DEFAULTS;
+const finetuneOptions = defineOptions({
+  data: { type: 'string', describe: 'labeled images dataset (default: RUN_DIR/ingest)' },
+  pretrained: { type: 'string', describe: 'pretrain stage directory (default: RUN_DIR/pretrain; with --init random only its architecture is used)' },
+  init: { type: 'string', default: f.init, choices: ['pretrained', 'random'], describe: 'pretrained: SimCLRv2 fine-tuning; random: the supervised baseline from scratch (writes RUN_DIR/baseline)' },
+  labels: { type: 'string', default: f.labels, describe: 'labeled subset: P%, N-per-class, N or an ids file (one id per line, or CSV id,label)' },
+  holdout: { type: 'int', default: f.holdout, min: 0, describe: 'hold out the last N labeled images per class, never trained on, scored as held-out accuracy' },
+  fromHeadLayer: { type: 'int', default: f.fromHeadLayer, min: 0, describe: 'projection-head blocks kept under the classifier (SimCLRv2: 1; 0 = encoder output)' },
+  freezeEncoder: { type: 'boolean', default: f.freezeEncoder, describe: 'train only the kept head blocks and the classifier' },
+  epochs: { type: 'int', min: 1, describe: 'passes over the labeled images (default: 60·(12800/labeled)^0.3, within 10–200)' },
+  batchSize: { type: 'int', default: f.batchSize, min: 2, describe: 'images per step' },
+  lr: { type: 'number', min: 0, exclusiveMin: true, describe: 'base learning rate (default 0.005·√batch with LARS; 0.2·batch/256 with --init random)' },
+  optimizer: { type: 'string', choices: OPTIMIZER_NAMES, describe: 'optimizer (default lars; sgd with --init random)' },
+  weightDecay: { type: 'number', min: 0, describe: 'L2 weight decay, not on batch norm or biases (default 0; 5e-4 with --init random)' },
+  momentum: { type: 'number', min: 0, max: 0.999, describe: 'momentum (default 0.9)' },
+  minScale: { type: 'number', min: 0, exclusiveMin: true, max: 1, describe: 'smallest random-crop area (default 0.08)' },
+  model: { type: 'string', default: f.model, choices: Object.keys(ENCODERS), describe: 'encoder of a random-init network when no pretrained checkpoint gives it' },
+  width: { type: 'number', default: f.width, min: 0, exclusiveMin: true, describe: 'encoder width of a random-init network' },
+  headLayers: { type: 'int', default: f.headLayers, min: 1, describe: 'head blocks of a random-init network' },
+  resume: { type: 'boolean', default: f.resume, describe: 'continue from the last checkpoint of this stage' },
+  logEvery: { type: 'int', default: f.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
+  evalEvery: { type: 'int', default: f.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
+});
+
+/** A training stage's progress bar per epoch, finished before each log line. */
+function trainingProgress(label: string, env: StageEnv) {
+  let progress: Progress | null = null;
+  let progressEpoch = -1;
+  return {
+    log: (line: string) => {
+      progress?.finish();
+      progress = null;
+      env.log(line);
+    },
+    onProgress: ({ epoch, epochs, step, stepsPerEpoch, loss, imagesPerSecond }: ProgressInfo) => {
+      if (progress === null || epoch !== progressEpoch) {
+        progressEpoch = epoch;
+        progress = createProgress({ label: `${label} epoch ${epoch + 1}/${epochs}`, total: stepsPerEpoch, unit: 'steps', stream: env.io.stderrStream, quiet: env.json });
+      }
+      progress.update(step, Number.isFinite(loss) ? `loss ${loss.toFixed(4)} ${imagesPerSecond.toFixed(0)} img/s` : undefined);
+    },
+  };
+}
+
+/** The finite numbers of a stage result's metrics, for its manifest. */
+function finiteMetrics(metrics: object): Record<string, number> {
+  return Object.fromEntries(Object.entries(metrics).filter(([, v]) => typeof v === 'number' && Number.isFinite(v)));
+}
+
 /** A dataset stage's outputs for its manifest: the shards it wrote and the dataset manifest. */
 function datasetOutcome(stageDir: string, manifest: DatasetManifest, metrics: Record<string, number>): StageOutcome {
   return { outputs: manifest.shards.map((s) => ({ path: join(stageDir, s.path), rows: s.rows })), metrics, extra: manifest as unknown as Record<string, unknown> };
@@ -207,31 +262,49 @@ export const STAGES: Record<string, StageDefinition> = {
     inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest')],
     run: async (ctx, env) => {
       const c = ctx.config;
-      let progress: Progress | null = null;
-      let progressEpoch = -1;
       const result = await pretrain({
         ...c,
         data: c.data ?? join(ctx.runDir, 'ingest'),
         outDir: ctx.stageDir,
         force: ctx.force,
         signal: env.signal,
-        log: (line) => {
-          progress?.finish();
-          progress = null;
-          env.log(line);
-        },
         onBackend: ctx.setBackend,
-        onProgress: ({ epoch, step, stepsPerEpoch, loss, imagesPerSecond }) => {
-          if (progress === null || epoch !== progressEpoch) {
-            progressEpoch = epoch;
-            progress = createProgress({ label: `pretrain epoch ${epoch + 1}/${c.epochs}`, total: stepsPerEpoch, unit: 'steps', stream: env.io.stderrStream, quiet: env.json });
-          }
-          progress.update(step, Number.isFinite(loss) ? `loss ${loss.toFixed(4)} ${imagesPerSecond.toFixed(0)} img/s` : undefined);
-        },
+        ...trainingProgress('pretrain', env),
+      });
+      return { outputs: [{ path: result.checkpoint }, { path: result.metricsFile }], metrics: finiteMetrics(result.metrics) };
+    },
+  }),
+  finetune: defineStage({
+    describe: 'fine-tune a pretrained encoder on few labels (or --init random: the supervised baseline) → RUN_DIR/finetune/checkpoint',
+    options: finetuneOptions,
+    volatile: ['workers', 'resume', 'logEvery'],
+    dirName: (config) => (config.init === 'random' ? 'baseline' : 'finetune'),
+    inputs: async (config, runDir) => {
+      const pretrained = config.pretrained ?? join(runDir, 'pretrain');
+      const paths = [config.data ?? join(runDir, 'ingest')];
+      // The random baseline only reads the pretrained checkpoint's architecture, when there is one.
+      if (config.init === 'pretrained' || config.pretrained !== undefined) paths.push(join(pretrained, 'checkpoint', 'checkpoint.json'));
+      if (parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
+      return paths;
+    },
+    run: async (ctx, env) => {
+      const c = ctx.config;
+      const pretrainDir = c.pretrained ?? join(ctx.runDir, 'pretrain');
+      const result = await finetune({
+        ...c,
+        init: c.init,
+        data: c.data ?? join(ctx.runDir, 'ingest'),
+        pretrained: c.init === 'pretrained' || c.pretrained !== undefined ? pretrainDir : undefined,
+        outDir: ctx.stageDir,
+        force: ctx.force,
+        signal: env.signal,
+        onBackend: ctx.setBackend,
+        ...trainingProgress(c.init === 'random' ? 'baseline' : 'finetune', env),
       });
       return {
-        outputs: [{ path: result.checkpoint }, { path: result.metricsFile }],
-        metrics: Object.fromEntries(Object.entries(result.metrics).filter(([, v]) => typeof v === 'number' && Number.isFinite(v))),
+        outputs: [{ path: result.checkpoint }, { path: result.metricsFile }, { path: result.labeledIds, rows: result.metrics.labeled }],
+        metrics: finiteMetrics(result.metrics),
+        extra: { classes: result.classes },
       };
     },
   }),

@@ -2,6 +2,7 @@
 // on an images dataset, run on the shared training loop (checkpoints, exact resume, kNN monitor).
 import type * as tf from '@tensorflow/tfjs';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
+import { holdoutSplit } from '../data/labels.ts';
 import { datasetHash, readManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
@@ -12,6 +13,7 @@ import { defaultWarmupEpochs, scaledLearningRate, warmupCosine, type LearningRat
 import { buildSimclrModel, embed, pixelsToTensor, simclrStep, type SimclrModel } from '../models/simclr.ts';
 import { withDefaults } from './options.ts';
 import { epochPermutation, limitRows } from '../data/random.ts';
+import { imageBatches } from './training/batches.ts';
 import {
   NonFiniteLossError,
   openTraining,
@@ -19,6 +21,7 @@ import {
   TrainingInterruptedError,
   trainingLoop,
   TrainingOutOfMemoryError,
+  type ProgressInfo,
 } from './training/loop.ts';
 
 // The names pretrain's errors have always had; one class each for every training stage.
@@ -105,7 +108,7 @@ export interface PretrainOptions {
   knnBank?: number;
   signal?: AbortSignal;
   log?: (line: string) => void;
-  onProgress?: (info: { epoch: number; step: number; stepsPerEpoch: number; loss: number; imagesPerSecond: number }) => void;
+  onProgress?: (info: ProgressInfo) => void;
   /** Called once the backend is chosen. */
   onBackend?: (name: string) => void;
 }
@@ -164,27 +167,6 @@ function resolve(options: PretrainOptions): Resolved {
   return r;
 }
 
-/** Splits labeled rows into training rows and `perClass` held-out rows per class (the last ones by id order). */
-export function holdoutSplit(images: InMemoryImages, perClass: number): { train: number[]; heldOut: number[] } {
-  if (perClass === 0) return { train: images.ids.map((_, i) => i), heldOut: [] };
-  const byClass = new Map<number, number[]>();
-  const train: number[] = [];
-  images.labels.forEach((label, i) => {
-    if (label < 0) train.push(i);
-    else byClass.set(label, [...(byClass.get(label) ?? []), i]);
-  });
-  if (byClass.size === 0) throw new TrainingInputError('pretrain.knnHoldout needs a labeled dataset, and this one has no labels');
-  const heldOut: number[] = [];
-  for (const [label, rows] of [...byClass.entries()].sort((a, b) => a[0] - b[0])) {
-    if (rows.length <= perClass) {
-      throw new TrainingInputError(`pretrain.knnHoldout ${perClass} leaves no training images of class ${images.classes[label]} (${rows.length} images)`);
-    }
-    train.push(...rows.slice(0, rows.length - perClass));
-    heldOut.push(...rows.slice(rows.length - perClass));
-  }
-  return { train: train.sort((a, b) => a - b), heldOut };
-}
-
 function defaultBaseLr(optimizer: OptimizerName, scaling: LearningRateScaling): number {
   if (optimizer === 'adam') return 1e-3;
   // SimCLR: 0.3 × B/256 with linear scaling, 0.075 × √B with square-root scaling.
@@ -200,7 +182,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
   const all = await loadImages(options.data);
   if (all.height !== all.width) throw new TrainingInputError(`pretrain: images in ${options.data} are ${all.height}x${all.width}; square images are expected (ingest with --size)`);
   const size = all.height;
-  const { train: trainRowsAll, heldOut } = holdoutSplit(all, r.knnHoldout);
+  const { train: trainRowsAll, heldOut } = holdoutSplit(all, r.knnHoldout, 'pretrain.knnHoldout');
   const train = gatherImages(all, limitRows(trainRowsAll, r.limit, r.seed));
   const n = train.ids.length;
   if (n < r.batchSize) {
@@ -260,7 +242,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         stepsPerEpoch,
         // Two SimCLR views of every image of the epoch's permutation, from step `fromStep` on.
         batches: (epoch, fromStep) =>
-          augmentBatches(batchesOf(train, epochPermutation(r.seed, epoch, n), fromStep * r.batchSize, r.batchSize), {
+          augmentBatches(imageBatches(train, epochPermutation(r.seed, epoch, n), fromStep * r.batchSize, r.batchSize), {
             pool,
             preset: 'simclr',
             outputSize: size,
@@ -319,15 +301,6 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
     models.encoder.dispose();
     models.head.dispose();
     optimizer.dispose();
-  }
-}
-
-/** Raw batches of `images` in `perm` order from position `from`, `chunk` rows each. */
-function* batchesOf(images: InMemoryImages, perm: Uint32Array, from: number, chunk: number) {
-  const n = images.ids.length;
-  for (let start = from; start < n; start += chunk) {
-    const batch = gatherImages(images, perm.subarray(start, Math.min(n, start + chunk)));
-    yield { ids: batch.ids, pixels: batch.pixels, height: images.height, width: images.width };
   }
 }
 

@@ -1,6 +1,13 @@
-// Shared test helpers: tensor comparison and the tests' seeded random numbers.
+// Shared test helpers: tensor comparison, the tests' seeded random numbers, tiny datasets.
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
+import { writeManifest } from '../data/manifest.ts';
+import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
+import { writeShards } from '../data/shards.ts';
+import { mulberry32, renderSynthetic, SYNTHETIC_CLASSES } from '../scripts/synthetic.ts';
 
 /**
  * The tests' one seeded generator, uniform in [0, 1): mulberry32, the same function that draws the
@@ -46,4 +53,33 @@ export function seededValues(n: number, seed: number): Float32Array {
     out[i] = s / 2 ** 31 - 1;
   }
   return out;
+}
+
+/** A tiny labeled images dataset written straight to shards: 4 synthetic classes × perClass images of `size` px. */
+export async function tinyImagesDataset({ perClass, size, seed = 7 }: { perClass: number; size: number; seed?: number }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'tiny-images-'));
+  const classes = SYNTHETIC_CLASSES.slice(0, 4);
+  const random = mulberry32(seed);
+  const ids: string[] = [];
+  const labels: number[] = [];
+  const pixels = new Uint8Array(classes.length * perClass * size * size * 3);
+  classes.forEach((cls, c) => {
+    for (let i = 0; i < perClass; i++) {
+      pixels.set(renderSynthetic(cls, size, random), ids.length * size * size * 3);
+      ids.push(`${cls}/${i}`);
+      labels.push(c);
+    }
+  });
+  const info = schemaInfo('images', { imageShape: [size, size, 3] }, [...classes]);
+  const shards = await writeShards({ dir, schema: info }, [{ id: ids, label: labels, image: pixels }]);
+  await writeManifest(dir, {
+    schema_version: SCHEMA_VERSION,
+    schema: 'images',
+    rows: ids.length,
+    classes: [...classes],
+    class_counts: Object.fromEntries(classes.map((c) => [c, perClass])),
+    image_shape: [size, size, 3],
+    shards,
+  });
+  return dir;
 }

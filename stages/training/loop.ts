@@ -167,6 +167,7 @@ export interface StepInfo {
 
 export interface ProgressInfo {
   epoch: number;
+  epochs: number;
   step: number;
   stepsPerEpoch: number;
   loss: number;
@@ -259,7 +260,7 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
       let windowStart = performance.now();
       const epochStart = performance.now();
       let stepInEpoch = skip;
-      options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
+      options.onProgress?.({ epoch, epochs, step: stepInEpoch, stepsPerEpoch, loss: NaN, imagesPerSecond: NaN });
       for await (const batch of options.batches(epoch, skip)) {
         const lr = options.schedule(run.state.globalStep);
         optimizer.setLearningRate(lr);
@@ -292,7 +293,7 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
         windowSteps++;
         windowImages += images;
         const imagesPerSecond = windowImages / ((performance.now() - windowStart) / 1000);
-        options.onProgress?.({ epoch, step: stepInEpoch, stepsPerEpoch, loss: scalars.loss, imagesPerSecond });
+        options.onProgress?.({ epoch, epochs, step: stepInEpoch, stepsPerEpoch, loss: scalars.loss, imagesPerSecond });
         if (windowSteps === logEvery) {
           await writeMetrics({ epoch: epoch + 1, step: run.state.globalStep, ...means(windowSums, windowSteps), lr, images_per_second: imagesPerSecond });
           windowSums.clear();

@@ -2,7 +2,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { formatLabeledIds, LabelSubsetInputError, parseLabelSpec, selectLabeled, type LabeledRows } from '../../data/labels.ts';
+import { formatLabeledIds, holdoutSplit, LabelSubsetInputError, parseLabelSpec, selectLabeled, type LabeledRows } from '../../data/labels.ts';
 
 /** 3 classes of 100, 50 and 10 images, sorted by class as ingest writes them, and 5 unlabeled rows. */
 function dataset(): LabeledRows {
@@ -121,5 +121,13 @@ describe('selectLabeled', () => {
     const text = formatLabeledIds(odd, all);
     expect(text).toBe('id,label\n"a,1.png",x\n"b ""2"".png",y\nc.png,x\n');
     expect(await selectLabeled(odd, parseLabelSpec(await write(text)), 0)).toEqual(all);
+  });
+});
+
+describe('holdoutSplit', () => {
+  it('holds out the last N of each class', () => {
+    const images = { ids: ['a', 'b', 'c', 'd', 'e', 'f'], labels: Int32Array.from([0, 1, 0, 1, 0, -1]), pixels: new Uint8Array(0), height: 1, width: 1, classes: ['x', 'y'] };
+    expect(holdoutSplit(images, 1, 'pretrain.knnHoldout')).toEqual({ train: [0, 1, 2, 5], heldOut: [4, 3] });
+    expect(() => holdoutSplit(images, 2, 'pretrain.knnHoldout')).toThrow(new LabelSubsetInputError('pretrain.knnHoldout 2 leaves no training images of class y (2 images)'));
   });
 });

@@ -6,45 +6,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { writeManifest } from '../../data/manifest.ts';
-import { SCHEMA_VERSION, schemaInfo } from '../../data/schemas.ts';
-import { writeShards } from '../../data/shards.ts';
 import { layersModelFiles } from '../../models/checkpoint.ts';
 import { buildSimclrModel } from '../../models/simclr.ts';
-import { holdoutSplit, pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
-import { renderSynthetic, SYNTHETIC_CLASSES } from '../../scripts/synthetic.ts';
-import { mulberry32 } from '../helpers.ts';
+import { pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
+import { tinyImagesDataset } from '../helpers.ts';
 
 const SIZE = 8;
 
-/** A tiny labeled images dataset written straight to shards: 4 classes × perClass images of 8 px. */
-async function tinyDataset(perClass: number, seed = 7): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'pretrain-data-'));
-  const classes = SYNTHETIC_CLASSES.slice(0, 4);
-  const random = mulberry32(seed);
-  const ids: string[] = [];
-  const labels: number[] = [];
-  const pixels = new Uint8Array(classes.length * perClass * SIZE * SIZE * 3);
-  classes.forEach((cls, c) => {
-    for (let i = 0; i < perClass; i++) {
-      pixels.set(renderSynthetic(cls, SIZE, random), ids.length * SIZE * SIZE * 3);
-      ids.push(`${cls}/${i}`);
-      labels.push(c);
-    }
-  });
-  const info = schemaInfo('images', { imageShape: [SIZE, SIZE, 3] }, [...classes]);
-  const shards = await writeShards({ dir, schema: info }, [{ id: ids, label: labels, image: pixels }]);
-  await writeManifest(dir, {
-    schema_version: SCHEMA_VERSION,
-    schema: 'images',
-    rows: ids.length,
-    classes: [...classes],
-    class_counts: Object.fromEntries(classes.map((c) => [c, perClass])),
-    image_shape: [SIZE, SIZE, 3],
-    shards,
-  });
-  return dir;
-}
+/** 4 classes × perClass images of 8 px. */
+const tinyDataset = (perClass: number, seed = 7) => tinyImagesDataset({ perClass, size: SIZE, seed });
 
 describe('pretrain stage', () => {
   let data: string;
@@ -208,13 +178,5 @@ console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), 
       pretrain({ data, outDir, epochs: 3, batchSize: 8, optimizer: 'sgd', lr: 1e30, warmupEpochs: 0, headLayers: 1, projectionDim: 8, backend: 'wasm', workers: 1 }),
     ).rejects.toThrow(/loss is (NaN|Infinity|-Infinity) at epoch \d+ step \d+ \(global step \d+/);
     expect(tf.memory().numTensors).toBe(before);
-  });
-});
-
-describe('holdoutSplit', () => {
-  it('holds out the last N of each class', () => {
-    const images = { ids: ['a', 'b', 'c', 'd', 'e', 'f'], labels: Int32Array.from([0, 1, 0, 1, 0, -1]), pixels: new Uint8Array(0), height: 1, width: 1, classes: ['x', 'y'] };
-    expect(holdoutSplit(images, 1)).toEqual({ train: [0, 1, 2, 5], heldOut: [4, 3] });
-    expect(() => holdoutSplit(images, 2)).toThrow(/leaves no training images of class y/);
   });
 });

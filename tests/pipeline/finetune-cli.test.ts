@@ -1,0 +1,60 @@
+// `pipeline run finetune` end to end in a run dir: the fine-tuned classifier, the baseline beside it.
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../pipeline/cli.ts';
+import { tinyImagesDataset } from '../helpers.ts';
+
+async function run(args: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+describe('pipeline run finetune', () => {
+  let data: string;
+  let runDir: string;
+  const small = ['--backend', 'wasm', '--workers', '1', '--batch-size', '8', '--json'];
+  beforeAll(async () => {
+    data = await tinyImagesDataset({ perClass: 8, size: 8 });
+    runDir = await mkdtemp(join(tmpdir(), 'ft-cli-'));
+    const pre = await run(['run', 'pretrain', '--run-dir', runDir, '--data', data, '--epochs', '1', '--head-layers', '2', '--projection-dim', '16', ...small]);
+    expect(pre.code, pre.err).toBe(0);
+  });
+
+  it('fine-tunes from RUN_DIR/pretrain, writes the baseline to RUN_DIR/baseline, skips what is up to date', async () => {
+    const ft = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--labels', '3-per-class', '--holdout', '2', '--epochs', '2', ...small]);
+    expect(ft.code, ft.err).toBe(0);
+    expect(JSON.parse(ft.out)).toMatchObject({ stage: 'finetune', status: 'completed', metrics: { labeled: 12, epochs: 2 } });
+    const manifest = JSON.parse(await readFile(join(runDir, 'finetune', 'manifest.json'), 'utf8'));
+    expect(manifest.inputs.map((i: { path: string }) => i.path)).toEqual([join(data, 'manifest.json'), 'pretrain/checkpoint/checkpoint.json']);
+    expect(manifest.classes).toHaveLength(4);
+    expect(manifest.metrics.accuracy).toBeGreaterThanOrEqual(0);
+
+    const base = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--labels', '3-per-class', '--holdout', '2', '--epochs', '2', '--init', 'random', ...small]);
+    expect(base.code, base.err).toBe(0);
+    expect(JSON.parse(base.out)).toMatchObject({ stage: 'baseline', status: 'completed' });
+    expect(await readFile(join(runDir, 'baseline', 'labeled-ids.txt'), 'utf8')).toBe(await readFile(join(runDir, 'finetune', 'labeled-ids.txt'), 'utf8'));
+    expect(JSON.parse((await run(['inspect', runDir, '--json'])).out).stages.map((s: { stage: string }) => s.stage)).toEqual(['pretrain', 'finetune', 'baseline']);
+
+    const again = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--labels', '3-per-class', '--holdout', '2', '--epochs', '2', ...small]);
+    expect(JSON.parse(again.out)).toMatchObject({ skipped: true });
+    // The same subset from its file is the same run's input; another count is another run, which needs --force over the checkpoint.
+    const more = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--labels', '4-per-class', '--holdout', '2', '--epochs', '2', ...small]);
+    expect(more.code).toBe(2);
+    expect(more.err).toMatch(/holds the checkpoint of an earlier run .*--resume, or start over with --force/);
+  });
+
+  it.each([
+    [['--labels', '0%'], /--labels 0%: a percentage must be in \(0, 100\]/],
+    [['--labels', '9-per-class'], /finetune.labels 9-per-class: class \S+ has only 8 labeled images, 9 wanted/],
+    [['--pretrained', '/nonexistent/pretrain'], /does not exist|no pretrain checkpoint/],
+  ])('%j: exit 2 with one line', async (extra, message) => {
+    const r = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--epochs', '1', ...small, ...extra]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(message);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+  });
+});
