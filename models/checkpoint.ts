@@ -39,6 +39,8 @@ export interface LoadedCheckpoint {
   state: JsonValue;
   /** The directory actually read: `dir`, or the previous checkpoint an interrupted save left aside. */
   path: string;
+  /** Names of every model the checkpoint holds (loaded or not). */
+  available: string[];
 }
 
 /** A checkpoint that is missing, incomplete or corrupt; `file` is the file at fault. */
@@ -296,7 +298,7 @@ export async function loadCheckpoint(dir: string, options: LoadCheckpointOptions
     for (const model of Object.values(models)) model.dispose();
     throw err;
   }
-  return { models, state, path };
+  return { models, state, path, available: [...index.models] };
 }
 
 async function restoreOptimizer(path: string, index: CheckpointIndex, optimizer: tf.Optimizer): Promise<void> {

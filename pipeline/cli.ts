@@ -219,8 +219,9 @@ async function withInterruptSignal<T>(body: (signal: AbortSignal) => Promise<T>,
   }
 }
 
-function formatMetrics(metrics: Record<string, number>): string {
-  const entries = Object.entries(metrics);
+function formatMetrics(metrics: Record<string, number | Record<string, number>>): string {
+  // Per-class objects stay in the manifest; the summary line has the scalars.
+  const entries = Object.entries(metrics).filter((e): e is [string, number] => typeof e[1] === 'number');
   if (entries.length === 0) return 'no metrics';
   return entries.map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`).join(', ');
 }

@@ -65,7 +65,7 @@ function printRunDir(path: string, stages: StageManifest[], io: StageIO): void {
   for (const m of stages) {
     const seconds = m.finished_at ? (Date.parse(m.finished_at) - Date.parse(m.started_at)) / 1000 : null;
     io.stdout(`  ${m.stage}: ${m.status}${m.backend ? ` on ${m.backend}` : ''}, started ${m.started_at}${seconds !== null ? `, ${seconds.toFixed(0)} s` : ''}`);
-    const metrics = Object.entries(m.metrics ?? {});
+    const metrics = Object.entries(m.metrics ?? {}).filter((e): e is [string, number] => typeof e[1] === 'number');
     if (metrics.length) io.stdout(`    metrics: ${metrics.map(([k, v]) => `${k} ${formatNumber(v)}`).join(', ')}`);
     if (m.outputs?.length) io.stdout(`    outputs: ${m.outputs.map((o) => `${o.path}${o.rows !== undefined ? ` (${o.rows} rows)` : ''}`).join(', ')}`);
     if (m.error) io.stdout(`    error: ${m.error}`);

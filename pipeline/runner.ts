@@ -18,7 +18,7 @@ export interface StageManifest {
   config_hash: string;
   inputs: { path: string; sha256: string }[];
   outputs: { path: string; rows?: number }[];
-  metrics: Record<string, number>;
+  metrics: Record<string, number | Record<string, number>>;
   error?: string;
   [extra: string]: unknown;
 }
@@ -134,7 +134,8 @@ export interface StageContext<C = ResolvedConfig> {
 
 export interface StageOutcome {
   outputs: { path: string; rows?: number }[];
-  metrics: Record<string, number>;
+  /** DESIGN.md's metric names; per-class figures as an object (class → value). */
+  metrics: Record<string, number | Record<string, number>>;
   /** Fields merged into the manifest (a dataset stage writes its dataset manifest here too). */
   extra?: Record<string, unknown>;
 }

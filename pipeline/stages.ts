@@ -1,11 +1,12 @@
 // The stages the CLI can run: their options (flags and config keys), their inputs (hashed for the
 // skip rule) and how a resolved config becomes a call of the stage function.
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { ENCODERS } from '../models/resnet.ts';
 import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
 import type { DatasetManifest } from '../data/manifest.ts';
 import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
+import { EVALUATE_DEFAULTS, evaluate, type EvaluateResult } from '../stages/evaluate.ts';
 import { FINETUNE_DEFAULTS, finetune } from '../stages/finetune.ts';
 import { PRETRAIN_DEFAULTS, pretrain } from '../stages/pretrain.ts';
 import type { ProgressInfo } from '../stages/training/loop.ts';
@@ -178,6 +179,23 @@ const finetuneOptions = defineOptions({
   evalEvery: { type: 'int', default: f.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
 });
 
+const e = EVALUATE_DEFAULTS;
+const evaluateOptions = defineOptions({
+  data: { type: 'string', describe: 'test images dataset (default: RUN_DIR/ingest, with --holdout its last N images per class)' },
+  checkpoint: { type: 'string', describe: 'finetune, baseline or pretrain stage directory (default: RUN_DIR/finetune); writes RUN_DIR/evaluate-<that stage>' },
+  holdout: { type: 'int', default: e.holdout, min: 0, describe: 'test on the last N labeled images per class of --data (the split of --knn-holdout / finetune --holdout)' },
+  trainData: { type: 'string', describe: 'encoder: labeled images for the kNN bank and the linear probe (default: the rest of --data with --holdout)' },
+  labels: { type: 'string', default: e.labels, describe: 'encoder: labeled subset of the training images (P%, N-per-class, N or an ids file)' },
+  knnK: { type: 'int', default: e.knnK, min: 1, describe: 'encoder: kNN neighbours (votes weighted exp(cos/0.1))' },
+  batchSize: { type: 'int', default: e.batchSize, min: 1, describe: 'images per inference batch' },
+});
+
+/** evaluate's directory for a checkpoint: evaluate-finetune, evaluate-baseline, evaluate-pretrain. */
+function evaluateDir(checkpoint: string): string {
+  const name = basename(checkpoint.replace(/\/+$/, ''));
+  return `evaluate-${name === 'checkpoint' ? basename(dirname(checkpoint.replace(/\/+$/, ''))) : name}`;
+}
+
 /** A training stage's progress bar per epoch, finished before each log line. */
 function trainingProgress(label: string, env: StageEnv) {
   let progress: Progress | null = null;
@@ -308,6 +326,50 @@ export const STAGES: Record<string, StageDefinition> = {
       };
     },
   }),
+  evaluate: defineStage({
+    describe: 'score a classifier (top-1, top-5, per class, confusion) or an encoder (kNN, linear probe) on a test dataset → RUN_DIR/evaluate-<stage>',
+    options: evaluateOptions,
+    volatile: ['workers', 'batchSize'],
+    dirName: (config) => evaluateDir(config.checkpoint ?? 'finetune'),
+    inputs: async (config, runDir) => {
+      const checkpoint = config.checkpoint ?? join(runDir, 'finetune');
+      const checkpointDir = /(^|\/)checkpoint\/*$/.test(checkpoint) ? checkpoint : join(checkpoint, 'checkpoint');
+      const paths = [config.data ?? join(runDir, 'ingest'), join(checkpointDir, 'checkpoint.json')];
+      if (config.trainData !== undefined) paths.push(config.trainData);
+      if (parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
+      return paths;
+    },
+    run: async (ctx, env) => {
+      const c = ctx.config;
+      const result = await evaluate({
+        ...c,
+        data: c.data ?? join(ctx.runDir, 'ingest'),
+        checkpoint: c.checkpoint ?? join(ctx.runDir, 'finetune'),
+        outDir: ctx.stageDir,
+        log: env.log,
+        onBackend: ctx.setBackend,
+      });
+      if (!env.json) env.io.stdout(formatEvaluation(result));
+      return {
+        outputs: [{ path: result.dataset, rows: result.rows }, ...(result.confusion ? [{ path: join(ctx.stageDir, 'confusion.csv') }] : [])],
+        metrics: result.metrics,
+        extra: { kind: result.kind, classes: result.classes, ...(result.confusion ? { confusion: result.confusion } : {}) },
+      };
+    },
+  }),
 };
+
+/** The evaluation as a table on stdout. */
+function formatEvaluation(result: EvaluateResult): string {
+  const pct = (v: number) => `${(100 * v).toFixed(2)} %`;
+  const lines = [`${result.kind} evaluation on ${result.metrics.images} images`];
+  for (const [k, v] of Object.entries(result.metrics)) if (typeof v === 'number' && /accuracy$/.test(k)) lines.push(`  ${k.padEnd(24)} ${pct(v)}`);
+  const perClass = result.metrics.per_class_accuracy;
+  if (typeof perClass === 'object') {
+    lines.push('  per class:');
+    for (const [cls, v] of Object.entries(perClass)) lines.push(`    ${cls.padEnd(22)} ${pct(v)}`);
+  }
+  return lines.join('\n');
+}
 
 export const STAGE_NAMES = Object.keys(STAGES);
