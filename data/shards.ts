@@ -33,6 +33,8 @@ export interface ShardFile {
   path: string;
   rows: number;
   sha256: string;
+  /** File size; absent in manifests written before it was recorded. */
+  bytes?: number;
 }
 
 export interface ShardWriterOptions<S extends SchemaName> {
@@ -219,7 +221,7 @@ export class ShardWriter<S extends SchemaName> {
     }
     const path = join(this.dir, shard.name);
     await (this.sync ? renameDurable(shard.tmpPath, path) : rename(shard.tmpPath, path));
-    this.done.push({ path: shard.name, rows: shard.rows, sha256: shard.hash.digest('hex') });
+    this.done.push({ path: shard.name, rows: shard.rows, sha256: shard.hash.digest('hex'), bytes: shard.bytes });
   }
 }
 
