@@ -2,9 +2,9 @@
 // atomically, read with validation, verified by re-hashing, and the dataset read back through it.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { copyFile, link, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { writeFileAtomic } from './files.ts';
+import { asidePath, removeDeadLeftoversIn, syncDir, tempPath, writeError, writeFileAtomic } from './files.ts';
 import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
 import { openShard, type OpenShardOptions, type ShardBatch, type ShardFile } from './shards.ts';
 
@@ -104,6 +104,84 @@ export async function writeManifest(dir: string, manifest: DatasetManifest, file
   validateManifest(manifest, path);
   await writeFileAtomic(path, JSON.stringify(manifest, null, 2) + '\n');
   return path;
+}
+
+/**
+ * Puts a new dataset in place of the one `dir/file` describes, such that a crash or a failure at
+ * any point leaves one of them readable through that manifest. `shards` are complete and flushed
+ * at their temporary names (ShardWriter.finish()). Old shards whose names the new ones take are
+ * first hard-linked aside (`<name>.old-<pid>`) and an interim manifest points at those; then the
+ * new shards are renamed into place, the new manifest written, and the old shards it does not
+ * list removed. On failure the old manifest and shard names are restored (best effort; else the
+ * interim manifest still reads the old data) and the error is rethrown.
+ */
+export async function publishDataset(dir: string, shards: readonly ShardFile[], manifest: DatasetManifest, file = MANIFEST_FILE): Promise<string> {
+  const manifestPath = join(dir, file);
+  validateManifest(manifest, manifestPath);
+  let old: DatasetManifest | null = null;
+  let oldText = '';
+  try {
+    oldText = await readFile(manifestPath, 'utf8');
+    old = validateManifest(JSON.parse(oldText), manifestPath);
+  } catch {
+    old = null; // nothing readable to keep (none, a stage's running manifest, or a broken one)
+  }
+  const names = new Set(shards.map((s) => s.path));
+  const taken = (old?.shards ?? []).filter((s) => names.has(s.path));
+  const aside = new Map(taken.map((s) => [s.path, asidePath(s.path)]));
+  const linked: string[] = [];
+  const renamed: string[] = [];
+  let interim = false;
+  try {
+    for (const [name, to] of aside) {
+      await rm(join(dir, to), { force: true });
+      await link(join(dir, name), join(dir, to)).catch(() => copyFile(join(dir, name), join(dir, to)));
+      linked.push(name);
+    }
+    if (old && aside.size > 0) {
+      await syncDir(dir);
+      await writeFileAtomic(manifestPath, JSON.stringify({ ...old, shards: old.shards.map((s) => ({ ...s, path: aside.get(s.path) ?? s.path })) }, null, 2) + '\n');
+      interim = true;
+    }
+    for (const s of shards) {
+      const to = join(dir, s.path);
+      await rename(tempPath(to), to).catch((e) => {
+        throw writeError(to, e);
+      });
+      renamed.push(s.path);
+    }
+    await syncDir(dir);
+    await writeManifest(dir, manifest, file);
+  } catch (err) {
+    for (const name of renamed) if (!aside.has(name)) await rm(join(dir, name), { force: true }).catch(() => undefined);
+    if (interim) {
+      for (const name of linked) await rename(join(dir, aside.get(name)!), join(dir, name)).catch(() => undefined);
+      await writeFileAtomic(manifestPath, oldText).catch(() => undefined);
+    } else {
+      for (const name of linked) await rm(join(dir, aside.get(name)!), { force: true }).catch(() => undefined);
+    }
+    throw err;
+  }
+  const keep = new Set(manifest.shards.map((s) => s.path));
+  for (const s of old?.shards ?? []) if (!keep.has(s.path)) await rm(join(dir, s.path), { force: true });
+  for (const to of aside.values()) await rm(join(dir, to), { force: true });
+  return manifestPath;
+}
+
+/**
+ * Removes what killed writers left in a dataset folder: temporary and set-aside files
+ * (`<name>.tmp-<pid>`, `<name>.old-<pid>`) of dead processes for the names `owns` accepts, except
+ * shards the current manifest `dir/file` still lists (an interim manifest of an interrupted
+ * {@link publishDataset}). Returns the paths removed.
+ */
+export async function removeDatasetLeftovers(dir: string, owns: (name: string) => boolean, file = MANIFEST_FILE): Promise<string[]> {
+  let listed: string[] = [];
+  try {
+    listed = (await readManifest(join(dir, file))).shards.map((s) => s.path);
+  } catch {
+    // no readable dataset here: nothing to keep
+  }
+  return removeDeadLeftoversIn(dir, owns, new Set(listed));
 }
 
 /** Reads and validates dir/manifest.json (or a manifest file path given directly). */
