@@ -26,6 +26,30 @@ export function processAlive(pid: number): boolean {
   }
 }
 
+/**
+ * A write that failed at run time (disk full, read-only file system, I/O error): one line naming
+ * the file and the errno, e.g. `/data/x/shard-00000.arrow: write failed: ENOSPC: no space left on device, write`.
+ * Not bad usage: the CLI exits 1.
+ */
+export class FileWriteError extends Error {
+  /** The errno name (ENOSPC, EROFS, EIO, ...) when the system gave one. */
+  readonly code: string | undefined;
+  constructor(
+    readonly path: string,
+    cause: unknown,
+  ) {
+    const e = cause as NodeJS.ErrnoException;
+    super(`${path}: write failed: ${e instanceof Error ? e.message : String(e)}`, { cause });
+    this.name = 'FileWriteError';
+    this.code = e?.code;
+  }
+}
+
+/** `err` as a FileWriteError naming `path`, unless it already names a file. */
+export function writeError(path: string, err: unknown): FileWriteError {
+  return err instanceof FileWriteError ? err : new FileWriteError(path, err);
+}
+
 /** Flushes a directory's entries (the renames); not supported everywhere, so best effort. */
 export async function syncDir(path: string): Promise<void> {
   try {
@@ -73,7 +97,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     await renameDurable(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
-    throw err;
+    throw writeError(path, err);
   }
 }
 
@@ -136,4 +160,31 @@ export async function removeStaleLeftovers(path: string): Promise<void> {
   for (const l of await leftovers(path)) {
     if (l.pid !== process.pid && !processAlive(l.pid)) await rm(l.path, { recursive: true, force: true });
   }
+}
+
+const LEFTOVER = /^(.+)\.(tmp|old)-(\d+)$/;
+
+/**
+ * Removes the `<name>.tmp-<pid>` / `<name>.old-<pid>` entries of `dir` left by processes that are
+ * gone (killed mid-write), for the names `owns` accepts, except those in `keep` (files a manifest
+ * still lists). Other processes' live leftovers stay. Returns the paths removed.
+ */
+export async function removeDeadLeftoversIn(dir: string, owns: (name: string) => boolean, keep: ReadonlySet<string> = new Set()): Promise<string[]> {
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const entry of entries.sort()) {
+    const m = LEFTOVER.exec(entry);
+    if (!m || !owns(m[1]) || keep.has(entry)) continue;
+    const pid = Number(m[3]);
+    if (pid === process.pid || processAlive(pid)) continue;
+    await rm(join(dir, entry), { recursive: true, force: true });
+    removed.push(join(dir, entry));
+  }
+  return removed;
 }

@@ -1,8 +1,8 @@
 // Describing a dataset folder or a single shard as plain data (schema, counts, shards, first rows)
 // for `pipeline inspect`, which prints it.
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { readManifest, type DatasetManifest } from './manifest.ts';
+import { basename, dirname, join } from 'node:path';
+import { checkShard, MANIFEST_FILE, readManifest, type DatasetManifest } from './manifest.ts';
 import { SCHEMAS, rowAt, type ColumnKind, type SchemaInfo, type SchemaName } from './schemas.ts';
 import { openShard, type ShardFile } from './shards.ts';
 
@@ -82,7 +82,9 @@ export async function describePath(path: string, options: DescribeOptions = {}):
   });
   if (st.isDirectory()) {
     const manifest = await readManifest(path);
-    const first = manifest.shards[0] ? await sampleShard(join(path, manifest.shards[0].path), headRows, false) : null;
+    const shard0 = manifest.shards[0];
+    if (shard0) await checkShard(join(path, shard0.path), shard0);
+    const first = shard0 ? await sampleShard(join(path, shard0.path), headRows, false) : null;
     const labelled = Object.values(manifest.class_counts).reduce((a, b) => a + b, 0);
     return {
       kind: 'dataset',
@@ -97,8 +99,21 @@ export async function describePath(path: string, options: DescribeOptions = {}):
       head: first?.head ?? [],
     };
   }
+  const listed = await listingOf(path);
+  if (listed) await checkShard(path, listed);
   const s = await sampleShard(path, headRows, true);
   return { kind: 'shard', path, schema: s.schema, rows: s.rows, classes: s.classes, classCounts: s.classCounts, unlabeled: s.unlabeled, shards: [{ path, rows: s.rows, batches: s.batches }], head: s.head };
+}
+
+/** The entry of a shard in the dataset manifest beside it, if there is one that lists it. */
+async function listingOf(shardPath: string): Promise<ShardFile | undefined> {
+  const beside = join(dirname(shardPath), MANIFEST_FILE);
+  if (!(await stat(beside).then((s) => s.isFile(), () => false))) return undefined;
+  try {
+    return (await readManifest(beside)).shards.find((s) => s.path === basename(shardPath));
+  } catch {
+    return undefined; // a stage manifest without dataset fields, or a broken one: nothing to check against
+  }
 }
 
 function schemaFromManifest(m: DatasetManifest): Description['schema'] {

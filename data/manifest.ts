@@ -2,9 +2,9 @@
 // atomically, read with validation, verified by re-hashing, and the dataset read back through it.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, stat } from 'node:fs/promises';
-import { isAbsolute, join } from 'node:path';
-import { writeFileAtomic } from './files.ts';
+import { copyFile, link, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import { asidePath, removeDeadLeftoversIn, syncDir, tempPath, writeError, writeFileAtomic } from './files.ts';
 import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
 import { openShard, type OpenShardOptions, type ShardBatch, type ShardFile } from './shards.ts';
 
@@ -86,6 +86,7 @@ export function validateManifest(value: unknown, path = MANIFEST_FILE): DatasetM
       fail(`shards[${i}].path must be a path inside the dataset folder, got ${JSON.stringify(sh.path)}`);
     }
     if (!isCount(sh.rows)) fail(`shards[${i}].rows must be a non-negative integer`);
+    if (sh.bytes !== undefined && !isCount(sh.bytes)) fail(`shards[${i}].bytes must be a non-negative integer`);
     if (typeof sh.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sh.sha256)) fail(`shards[${i}].sha256 must be 64 hex digits`);
     shardRows += sh.rows as number;
   });
@@ -103,6 +104,84 @@ export async function writeManifest(dir: string, manifest: DatasetManifest, file
   validateManifest(manifest, path);
   await writeFileAtomic(path, JSON.stringify(manifest, null, 2) + '\n');
   return path;
+}
+
+/**
+ * Puts a new dataset in place of the one `dir/file` describes, such that a crash or a failure at
+ * any point leaves one of them readable through that manifest. `shards` are complete and flushed
+ * at their temporary names (ShardWriter.finish()). Old shards whose names the new ones take are
+ * first hard-linked aside (`<name>.old-<pid>`) and an interim manifest points at those; then the
+ * new shards are renamed into place, the new manifest written, and the old shards it does not
+ * list removed. On failure the old manifest and shard names are restored (best effort; else the
+ * interim manifest still reads the old data) and the error is rethrown.
+ */
+export async function publishDataset(dir: string, shards: readonly ShardFile[], manifest: DatasetManifest, file = MANIFEST_FILE): Promise<string> {
+  const manifestPath = join(dir, file);
+  validateManifest(manifest, manifestPath);
+  let old: DatasetManifest | null = null;
+  let oldText = '';
+  try {
+    oldText = await readFile(manifestPath, 'utf8');
+    old = validateManifest(JSON.parse(oldText), manifestPath);
+  } catch {
+    old = null; // nothing readable to keep (none, a stage's running manifest, or a broken one)
+  }
+  const names = new Set(shards.map((s) => s.path));
+  const taken = (old?.shards ?? []).filter((s) => names.has(s.path));
+  const aside = new Map(taken.map((s) => [s.path, asidePath(s.path)]));
+  const linked: string[] = [];
+  const renamed: string[] = [];
+  let interim = false;
+  try {
+    for (const [name, to] of aside) {
+      await rm(join(dir, to), { force: true });
+      await link(join(dir, name), join(dir, to)).catch(() => copyFile(join(dir, name), join(dir, to)));
+      linked.push(name);
+    }
+    if (old && aside.size > 0) {
+      await syncDir(dir);
+      await writeFileAtomic(manifestPath, JSON.stringify({ ...old, shards: old.shards.map((s) => ({ ...s, path: aside.get(s.path) ?? s.path })) }, null, 2) + '\n');
+      interim = true;
+    }
+    for (const s of shards) {
+      const to = join(dir, s.path);
+      await rename(tempPath(to), to).catch((e) => {
+        throw writeError(to, e);
+      });
+      renamed.push(s.path);
+    }
+    await syncDir(dir);
+    await writeManifest(dir, manifest, file);
+  } catch (err) {
+    for (const name of renamed) if (!aside.has(name)) await rm(join(dir, name), { force: true }).catch(() => undefined);
+    if (interim) {
+      for (const name of linked) await rename(join(dir, aside.get(name)!), join(dir, name)).catch(() => undefined);
+      await writeFileAtomic(manifestPath, oldText).catch(() => undefined);
+    } else {
+      for (const name of linked) await rm(join(dir, aside.get(name)!), { force: true }).catch(() => undefined);
+    }
+    throw err;
+  }
+  const keep = new Set(manifest.shards.map((s) => s.path));
+  for (const s of old?.shards ?? []) if (!keep.has(s.path)) await rm(join(dir, s.path), { force: true });
+  for (const to of aside.values()) await rm(join(dir, to), { force: true });
+  return manifestPath;
+}
+
+/**
+ * Removes what killed writers left in a dataset folder: temporary and set-aside files
+ * (`<name>.tmp-<pid>`, `<name>.old-<pid>`) of dead processes for the names `owns` accepts, except
+ * shards the current manifest `dir/file` still lists (an interim manifest of an interrupted
+ * {@link publishDataset}). Returns the paths removed.
+ */
+export async function removeDatasetLeftovers(dir: string, owns: (name: string) => boolean, file = MANIFEST_FILE): Promise<string[]> {
+  let listed: string[] = [];
+  try {
+    listed = (await readManifest(join(dir, file))).shards.map((s) => s.path);
+  } catch {
+    // no readable dataset here: nothing to keep
+  }
+  return removeDeadLeftoversIn(dir, owns, new Set(listed));
 }
 
 /** Reads and validates dir/manifest.json (or a manifest file path given directly). */
@@ -136,33 +215,134 @@ export async function sha256File(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * A shard whose bytes are not the ones its manifest recorded (size or sha256), or that is gone:
+ * damaged after it was written. One line: the file, expected and actual, and the repair.
+ */
+export class ShardIntegrityError extends Error {
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(`${path}: ${reason}; re-run the stage that produced it with --force`);
+    this.name = 'ShardIntegrityError';
+  }
+}
+
+/**
+ * Shards this process has hashed and found intact, keyed by absolute path, with the file's
+ * identity (device, inode, size, mtime, ctime) and the expected sha256: a memo of facts about
+ * files, so a dataset read every epoch is hashed once per process; any write changes the key.
+ */
+const intactShards = new Map<string, string>();
+
+export interface CheckShardOptions {
+  /** Trust an earlier check of the unchanged file in this process. Default true; `inspect --verify` re-hashes. */
+  memo?: boolean;
+}
+
+/**
+ * Checks the shard file at `path` against its manifest entry: its size (when recorded) and its
+ * sha256, streamed. Throws ShardIntegrityError naming the file, the expected and the actual value.
+ */
+export async function checkShard(path: string, shard: ShardFile, { memo = true }: CheckShardOptions = {}): Promise<void> {
+  const abs = resolve(path);
+  let info;
+  try {
+    info = await stat(abs, { bigint: true });
+  } catch (e) {
+    throw new ShardIntegrityError(path, `missing or unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (shard.bytes !== undefined && info.size !== BigInt(shard.bytes)) {
+    throw new ShardIntegrityError(path, `size ${info.size} bytes differs from the manifest's ${shard.bytes}`);
+  }
+  const key = `${info.dev}:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}:${shard.sha256}`;
+  if (memo && intactShards.get(abs) === key) return;
+  let actual: string;
+  try {
+    actual = await sha256File(abs);
+  } catch (e) {
+    throw new ShardIntegrityError(path, `missing or unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (actual !== shard.sha256) {
+    intactShards.delete(abs);
+    throw new ShardIntegrityError(path, `sha256 ${actual} differs from the manifest's ${shard.sha256}`);
+  }
+  intactShards.set(abs, key);
+}
+
 export interface VerifyResult {
   ok: boolean;
-  /** One line per problem, naming the shard: missing, or its hash differs. */
+  /** One line per problem, naming the shard: missing, or its size or hash differs. */
   problems: string[];
 }
 
-/** Re-hashes every shard of the dataset in `dir` and compares with the manifest. */
+/** Re-hashes every shard of the dataset in `dir` (no memo) and compares with the manifest. */
 export async function verifyManifest(dir: string, manifest?: DatasetManifest): Promise<VerifyResult> {
   const m = manifest ?? (await readManifest(dir));
   const problems: string[] = [];
   for (const shard of m.shards) {
-    const path = join(dir, shard.path);
-    let actual: string;
     try {
-      actual = await sha256File(path);
+      await checkShard(join(dir, shard.path), shard, { memo: false });
     } catch (e) {
-      problems.push(`${path}: missing or unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-      continue;
+      if (!(e instanceof ShardIntegrityError)) throw e;
+      problems.push(e.message);
     }
-    if (actual !== shard.sha256) problems.push(`${path}: sha256 ${actual} differs from the manifest's ${shard.sha256}`);
   }
   return { ok: problems.length === 0, problems };
 }
 
+export interface TreeVerifyResult {
+  /** Folders whose dataset manifests were checked. */
+  datasets: string[];
+  /** Distinct shard files checked. */
+  shards: number;
+  /** One line per problem: a shard missing or differing, or a dataset manifest that does not validate. */
+  problems: string[];
+}
+
 /**
- * Reads a whole dataset batch by batch, shard after shard in manifest order, refusing a shard whose
- * schema differs from the manifest's. Only one batch is in memory at a time.
+ * Finds every dataset manifest under `root` (manifest.json and part-*.manifest.json at any depth;
+ * a stage manifest without dataset fields is skipped) and re-hashes each shard they list once.
+ */
+export async function verifyTree(root: string): Promise<TreeVerifyResult> {
+  const entries = await readdir(root, { recursive: true, withFileTypes: true });
+  const files = entries
+    .filter((e) => e.isFile() && (e.name === MANIFEST_FILE || /^part-\d{5}-of-\d{5}\.manifest\.json$/.test(e.name)))
+    .map((e) => join(e.parentPath, e.name))
+    .sort();
+  const result: TreeVerifyResult = { datasets: [], shards: 0, problems: [] };
+  const seen = new Set<string>();
+  for (const file of files) {
+    let value: unknown;
+    try {
+      value = JSON.parse(await readFile(file, 'utf8'));
+    } catch (e) {
+      result.problems.push(`${file}: unreadable manifest (${(e as Error).message})`);
+      continue;
+    }
+    if (typeof value !== 'object' || value === null || !('schema_version' in value || 'shards' in value)) continue;
+    let m: DatasetManifest;
+    try {
+      m = validateManifest(value, file);
+    } catch (e) {
+      result.problems.push((e as Error).message);
+      continue;
+    }
+    const dir = join(file, '..');
+    if (!result.datasets.includes(dir)) result.datasets.push(dir);
+    const fresh = m.shards.filter((s) => !seen.has(resolve(dir, s.path)));
+    for (const s of fresh) seen.add(resolve(dir, s.path));
+    result.shards += fresh.length;
+    result.problems.push(...(await verifyManifest(dir, { ...m, shards: fresh })).problems);
+  }
+  return result;
+}
+
+/**
+ * Reads a whole dataset batch by batch, shard after shard in manifest order. Each shard is checked
+ * against the manifest (size, sha256: {@link checkShard}) before any of its rows is yielded, and
+ * refused when its schema differs from the manifest's. Only one batch is in memory at a time.
  */
 export async function* readDataset<S extends SchemaName = SchemaName>(
   dir: string,
@@ -171,6 +351,7 @@ export async function* readDataset<S extends SchemaName = SchemaName>(
   const m = await readManifest(dir);
   if (options.schema && options.schema !== m.schema) throw new ManifestError(join(dir, MANIFEST_FILE), `schema is ${m.schema}, expected ${options.schema}`);
   for (const shard of m.shards) {
+    await checkShard(join(dir, shard.path), shard);
     const reader = await openShard<S>(join(dir, shard.path), { schema: m.schema as S });
     try {
       for await (const batch of reader.batches()) yield { ...batch, shard: shard.path };

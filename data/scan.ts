@@ -64,6 +64,17 @@ async function listFiles(root: string, dir: string, out: string[]): Promise<void
 }
 
 /**
+ * The image files of a folder as the scan reads them: relative ids ('/' separators), sorted, hidden
+ * entries skipped, symlinks included (and followed when read). The stage runner hashes this same
+ * listing to decide whether an ingest is up to date. `all` counts every file listed, images or not.
+ */
+export async function listImageFiles(root: string): Promise<{ images: string[]; all: number }> {
+  const files: string[] = [];
+  await listFiles(root, root, files);
+  return { images: files.filter(isImageName).sort(byCodeUnit), all: files.length };
+}
+
+/**
  * Scans an image folder. With sub-folders, each top-level sub-folder is a class (sorted by name;
  * nested folders inside a class belong to it) and image files directly in the root are rejected
  * as "not inside a class folder". Without sub-folders (or with `unlabeled`), every image is label null.
@@ -79,10 +90,8 @@ async function scanImageFolder(root: string, options: ScanOptions = {}): Promise
   if (!st.isDirectory()) throw new ScanInputError(`input ${root} is not a folder (or a .csv list)`);
   const top = (await readdir(abs, { withFileTypes: true })).filter((e) => !e.name.startsWith('.'));
   const classDirs = top.filter((e) => e.isDirectory()).map((e) => e.name).sort(byCodeUnit);
-  const files: string[] = [];
-  await listFiles(abs, abs, files);
-  const images = files.filter(isImageName).sort(byCodeUnit);
-  const ignored = files.length - images.length;
+  const { images, all } = await listImageFiles(abs);
+  const ignored = all - images.length;
   if (images.length === 0) throw new ScanInputError(`input folder ${root} has no image files (${IMAGE_EXTENSIONS.join(' ')})`);
 
   const labelled = classDirs.length > 0 && !options.unlabeled;

@@ -14,7 +14,7 @@ import {
   type Data,
 } from 'apache-arrow';
 import { Message } from 'apache-arrow/ipc/metadata/message';
-import { renameDurable, tempPath } from './files.ts';
+import { syncDir, tempPath, writeError } from './files.ts';
 import {
   fromRecordBatch,
   identifySchema,
@@ -33,6 +33,8 @@ export interface ShardFile {
   path: string;
   rows: number;
   sha256: string;
+  /** File size; absent in manifests written before it was recorded. */
+  bytes?: number;
 }
 
 export interface ShardWriterOptions<S extends SchemaName> {
@@ -90,8 +92,10 @@ interface OpenShard {
 /**
  * Streams record batches into Arrow IPC file shards (uncompressed: apache-arrow 21's compressed
  * writer produces files other implementations reject). Each shard is written as its tempPath,
- * `<name>.tmp-<pid>`, and renamed when its footer is written, so a final name always holds a
- * complete file. One writer per output; it is not safe to call write() concurrently.
+ * `<name>.tmp-<pid>`, and keeps that name until the whole output is complete: close() then renames
+ * them all, or finish() leaves the renaming to the caller (data/manifest.ts publishDataset, which
+ * replaces a previous dataset only when the new one is whole). A failed write throws a
+ * FileWriteError naming the shard and the errno. One writer per output; write() is not reentrant.
  */
 export class ShardWriter<S extends SchemaName> {
   readonly dir: string;
@@ -101,7 +105,10 @@ export class ShardWriter<S extends SchemaName> {
   private readonly maxBytes: number;
   private readonly sync: boolean;
   private current: OpenShard | null = null;
+  /** Complete shards, still under their temporary names until published. */
   private readonly done: ShardFile[] = [];
+  /** Final paths this writer renamed shards to (close()): what abort() must remove besides temporaries. */
+  private readonly published: string[] = [];
   private closed = false;
 
   constructor(options: ShardWriterOptions<S>) {
@@ -155,8 +162,11 @@ export class ShardWriter<S extends SchemaName> {
     }
   }
 
-  /** Finishes the last shard and returns every shard written, in order. Writes nothing for zero rows. */
-  async close(): Promise<ShardFile[]> {
+  /**
+   * Finishes the last shard and returns every shard written, in order, each complete and flushed
+   * but still at `tempPath(join(dir, path))`. Writes nothing for zero rows.
+   */
+  async finish(): Promise<ShardFile[]> {
     if (!this.closed) {
       await this.finishShard();
       this.closed = true;
@@ -164,29 +174,58 @@ export class ShardWriter<S extends SchemaName> {
     return [...this.done];
   }
 
-  /** Stops writing and deletes everything this writer created (temporary and finished shards). */
+  /** finish(), then renames every shard to its final name (for outputs no reader holds yet). */
+  async close(): Promise<ShardFile[]> {
+    const shards = await this.finish();
+    for (const s of shards) {
+      const path = join(this.dir, s.path);
+      if (this.published.includes(path)) continue;
+      await rename(tempPath(path), path).catch((e) => {
+        throw writeError(path, e);
+      });
+      this.published.push(path);
+    }
+    if (this.sync && shards.length > 0) await syncDir(this.dir);
+    return shards;
+  }
+
+  /**
+   * Stops writing and deletes everything this writer created: its temporary files and the shards
+   * it renamed into place. Never throws, so the error that led here is the one reported.
+   */
   async abort(): Promise<void> {
     this.closed = true;
     const shard = this.current;
     this.current = null;
     if (shard) {
-      shard.writer.abort();
+      try {
+        shard.writer.abort();
+      } catch {
+        // the byte queue is already closed when the pump failed
+      }
       await shard.pump.catch(() => undefined);
       try {
         closeSync(shard.fd);
       } catch {
-        // already closed by a failed pump
+        // already closed
       }
-      await rm(shard.tmpPath, { force: true });
+      await rm(shard.tmpPath, { force: true }).catch(() => undefined);
     }
-    for (const s of this.done) await rm(join(this.dir, s.path), { force: true });
+    for (const s of this.done) await rm(tempPath(join(this.dir, s.path)), { force: true }).catch(() => undefined);
+    for (const p of this.published) await rm(p, { force: true }).catch(() => undefined);
     this.done.length = 0;
+    this.published.length = 0;
   }
 
   private startShard(): OpenShard {
     const name = shardFileName(this.prefix, this.done.length);
     const tmpPath = tempPath(join(this.dir, name));
-    const fd = openSync(tmpPath, 'w');
+    let fd: number;
+    try {
+      fd = openSync(tmpPath, 'w');
+    } catch (e) {
+      throw writeError(join(this.dir, name), e);
+    }
     const writer = new SpecFileWriter();
     const shard: OpenShard = { name, tmpPath, fd, hash: createHash('sha256'), rows: 0, bytes: 0, writer, pump: Promise.resolve(), pumpError: null };
     shard.pump = (async () => {
@@ -198,7 +237,7 @@ export class ShardWriter<S extends SchemaName> {
           shard.bytes += chunk.byteLength;
         }
       } catch (e) {
-        shard.pumpError = new Error(`writing ${tmpPath}: ${(e as Error).message}`);
+        shard.pumpError = writeError(join(this.dir, name), e);
       }
     })();
     this.current = shard;
@@ -209,17 +248,18 @@ export class ShardWriter<S extends SchemaName> {
     const shard = this.current;
     if (!shard) return;
     this.current = null;
-    shard.writer.close(); // writes the footer and trailing magic, then ends the byte queue
-    await shard.pump;
     try {
+      // The footer and trailing magic; after a failed pump the byte queue is closed and this throws.
+      if (!shard.pumpError) shard.writer.close();
+      await shard.pump;
       if (shard.pumpError) throw shard.pumpError;
       if (this.sync) fdatasyncSync(shard.fd);
-    } finally {
-      closeSync(shard.fd);
+    } catch (e) {
+      this.current = shard; // abort() removes its temporary file
+      throw shard.pumpError ?? writeError(join(this.dir, shard.name), e);
     }
-    const path = join(this.dir, shard.name);
-    await (this.sync ? renameDurable(shard.tmpPath, path) : rename(shard.tmpPath, path));
-    this.done.push({ path: shard.name, rows: shard.rows, sha256: shard.hash.digest('hex') });
+    closeSync(shard.fd);
+    this.done.push({ path: shard.name, rows: shard.rows, sha256: shard.hash.digest('hex'), bytes: shard.bytes });
   }
 }
 

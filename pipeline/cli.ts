@@ -7,7 +7,7 @@ import { runStage } from './runner.ts';
 import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
 
 /** Error classes whose message is one line about bad usage, config or input: exit 2. */
-const USAGE_ERROR_NAMES = /(UsageError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|ManifestError|CheckpointError)$/;
+const USAGE_ERROR_NAMES = /(UsageError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|IntegrityError|ManifestError|CheckpointError)$/;
 
 /** The command line itself is wrong (unknown flag or command, missing value). */
 class UsageError extends Error {
@@ -167,10 +167,11 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     .command(
       'inspect <path>',
       'describe a dataset directory, a shard or a run directory: schema, counts, metrics',
-      (y) => y.positional('path', { type: 'string', describe: 'dataset dir, .arrow shard or run dir' }).option('rows', { type: 'number', default: 3, describe: 'rows to show' }),
+      (y) => y.positional('path', { type: 'string', describe: 'dataset dir, .arrow shard or run dir' }).option('rows', { type: 'number', default: 3, describe: 'rows to show' })
+          .option('verify', { type: 'boolean', default: false, describe: 're-hash every shard of every dataset under the path against its manifest' }),
       async (argv) => {
         const { inspectPath } = await import('./inspect.ts');
-        await inspectPath(argv.path as string, { rows: argv.rows as number, json: argv.json as boolean, io });
+        await inspectPath(argv.path as string, { rows: argv.rows as number, json: argv.json as boolean, verify: argv.verify as boolean, io });
       },
     )
     .demandCommand(1, 'choose a command (see --help)')

@@ -3,13 +3,30 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describePath, type Description } from '../data/inspect.ts';
+import { verifyTree } from '../data/manifest.ts';
 import { readStageManifest, StageInputError, type StageManifest } from './runner.ts';
 import type { StageIO } from './stages.ts';
 
 export interface InspectOptions {
   rows: number;
   json: boolean;
+  /** Re-hash every shard of every dataset under the path instead of describing it. */
+  verify?: boolean;
   io: StageIO;
+}
+
+/** `inspect --verify` found damaged or missing shards (or no dataset): the CLI exits 2. */
+export class DatasetIntegrityError extends Error {
+  override name = 'DatasetIntegrityError';
+}
+
+async function verifyPath(path: string, json: boolean, io: StageIO): Promise<void> {
+  const result = await verifyTree(path);
+  if (result.datasets.length === 0 && result.problems.length === 0) result.problems.push(`${path}: no dataset manifest under it`);
+  if (json) io.stdout(JSON.stringify({ kind: 'verify', path, ...result }));
+  else if (result.problems.length === 0) io.stdout(`ok: ${result.shards} shards verified (${result.datasets.length} datasets under ${path})`);
+  else for (const p of result.problems) io.stdout(p);
+  if (result.problems.length > 0) throw new DatasetIntegrityError(`inspect --verify: ${result.problems.length} problem(s) under ${path}`);
 }
 
 async function isRunDir(path: string): Promise<boolean> {
@@ -72,9 +89,13 @@ function printRunDir(path: string, stages: StageManifest[], io: StageIO): void {
   }
 }
 
-export async function inspectPath(path: string, { rows, json, io }: InspectOptions): Promise<void> {
+export async function inspectPath(path: string, { rows, json, verify = false, io }: InspectOptions): Promise<void> {
   const info = await stat(path).catch(() => null);
   if (!info) throw new StageInputError(`inspect: ${path} does not exist`);
+  if (verify) {
+    if (!info.isDirectory()) throw new StageInputError(`inspect --verify: ${path} is not a folder (give a dataset or run directory)`);
+    return verifyPath(path, json, io);
+  }
   if (info.isDirectory() && (await isRunDir(path))) {
     const stages = await describeRunDir(path);
     if (json) io.stdout(JSON.stringify({ kind: 'run', path, stages }));

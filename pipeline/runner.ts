@@ -5,6 +5,7 @@ import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { processAlive, writeFileAtomic } from '../data/files.ts';
 import { sha256File } from '../data/manifest.ts';
+import { listImageFiles, scanInput } from '../data/scan.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 
 export type StageStatus = 'running' | 'completed' | 'failed';
@@ -70,23 +71,35 @@ export async function readStageManifest(stageDir: string): Promise<StageManifest
   }
 }
 
-/** Hash of a folder's listing (relative paths, sizes, modification times), not its bytes: cheap for 50,000 images. */
+/**
+ * Hash of an image folder's listing: the files the ingest scan reads (data/scan.ts listImageFiles,
+ * symlinks included), each with the size and modification time of what it points to; not their
+ * bytes, so cheap for 50,000 images. A dangling link is listed as missing.
+ */
 async function hashListing(dir: string): Promise<string> {
   const hash = createHash('sha256');
-  const entries = (await readdir(dir, { recursive: true, withFileTypes: true }))
-    .filter((e) => e.isFile())
-    .map((e) => join(e.parentPath, e.name))
-    .sort();
-  for (const file of entries) {
-    const info = await stat(file);
-    hash.update(`${relative(dir, file)}\0${info.size}\0${info.mtimeMs}\n`);
+  for (const id of (await listImageFiles(dir)).images) {
+    const info = await stat(join(dir, id)).catch(() => null);
+    hash.update(info ? `${id}\0${info.size}\0${info.mtimeMs}\n` : `${id}\0missing\n`);
+  }
+  return hash.digest('hex');
+}
+
+/** Hash of a CSV image list: its bytes and the size and modification time of each file it lists. */
+async function hashImageList(csv: string): Promise<string> {
+  const hash = createHash('sha256').update(await sha256File(csv));
+  const scan = await scanInput(csv).catch(() => null); // a malformed list: ingest reports it
+  for (const e of scan?.entries ?? []) {
+    const info = await stat(e.path).catch(() => null);
+    hash.update(info ? `${e.id}\0${info.size}\0${info.mtimeMs}\n` : `${e.id}\0missing\n`);
   }
   return hash.digest('hex');
 }
 
 /**
- * Hashes the stage inputs: a file by its bytes, a dataset directory by its manifest.json (which
- * holds its shards' sha256), any other directory by its listing. A missing input is a clear error.
+ * Hashes the stage inputs: a CSV image list by its bytes and its images' listing, any other file by
+ * its bytes, a dataset directory by its manifest.json (which holds its shards' sha256), any other
+ * directory by its image listing. A missing input is a clear error.
  */
 async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
   const out: { path: string; sha256: string }[] = [];
@@ -98,7 +111,7 @@ async function hashInputs(paths: readonly string[], runDir: string): Promise<{ p
       throw new StageInputError(`input ${path} does not exist`);
     }
     if (!info.isDirectory()) {
-      out.push({ path: relativeIfInside(path, runDir), sha256: await sha256File(path) });
+      out.push({ path: relativeIfInside(path, runDir), sha256: path.toLowerCase().endsWith('.csv') ? await hashImageList(path) : await sha256File(path) });
       continue;
     }
     const manifest = join(path, 'manifest.json');

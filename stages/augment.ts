@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DEFAULT_PRESET, type AugmentOptions, type AugmentOptionsInput, resolveAugmentOptions } from '../augment/options.ts';
 import { AugmentPool, augmentBatches, type RawImageBatch } from '../augment/pool.ts';
-import { MANIFEST_FILE, ManifestError, readDataset, readManifest, writeManifest, type DatasetManifest } from '../data/manifest.ts';
+import { MANIFEST_FILE, ManifestError, publishDataset, readDataset, readManifest, removeDatasetLeftovers, type DatasetManifest } from '../data/manifest.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ShardFormatError, ShardWriter } from '../data/shards.ts';
 
@@ -164,8 +164,10 @@ export async function augmentStage(options: AugmentStageOptions): Promise<Augmen
   } catch (e) {
     throw new AugmentInputError(`augment.outDir ${o.outDir} cannot be created (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  // Drop the old manifest first: while we rewrite, the folder must not look like a finished dataset.
-  await rm(join(outDir, MANIFEST_FILE), { force: true });
+  // The previous views stay readable until the new ones are whole (publishDataset); what a killed
+  // run left behind goes now.
+  const removed = await removeDatasetLeftovers(outDir, (name) => name.startsWith('shard-') || name === MANIFEST_FILE);
+  if (removed.length > 0) log(`augment: removed ${removed.length} file(s) left by an interrupted run: ${removed.join(', ')}`);
   log(`augment: ${input.rows} images ${height}x${width} from ${o.data}, ${o.epochs} epoch(s) of ${requestedPreset} pairs at ${S}x${S}, ${o.workers} worker(s)`);
 
   const info = schemaInfo('views', { imageShape: [S, S, 3] }, input.classes);
@@ -190,7 +192,7 @@ export async function augmentStage(options: AugmentStageOptions): Promise<Augmen
       }
       log(`augment: epoch ${epoch + 1}/${o.epochs} done (${done}/${total} pairs)`);
     }
-    const shards = await writer.close();
+    const shards = await writer.finish();
     const rows = shards.reduce((n, s) => n + s.rows, 0);
     if (rows !== total) throw new Error(`augment: wrote ${rows} view pairs, expected ${total} (${input.rows} images × ${o.epochs} epochs)`);
     const manifest: DatasetManifest = {
@@ -205,8 +207,8 @@ export async function augmentStage(options: AugmentStageOptions): Promise<Augmen
       source: { data: resolve(o.data), rows: input.rows, image_shape: input.image_shape, shards: input.shards.map((s) => ({ path: s.path, sha256: s.sha256 })) },
       augment: { ...augment, preset: requestedPreset, seed: o.seed, epochs: o.epochs },
     };
+    const manifestPath = await publishDataset(outDir, shards, manifest);
     await removeStaleShards(outDir, new Set(shards.map((s) => s.path)));
-    const manifestPath = await writeManifest(outDir, manifest);
     const seconds = (performance.now() - started) / 1000;
     const pairsPerSecond = rows / Math.max(seconds, 1e-9);
     log(`augment: wrote ${rows} view pairs in ${shards.length} shards to ${outDir}, ${pairsPerSecond.toFixed(0)} pairs/s`);

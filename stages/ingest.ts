@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { Piscina } from 'piscina';
 import type { DecodeResult, DecodeTask } from '../data/decode-worker.ts';
 import { writeFileAtomic } from '../data/files.ts';
-import { MANIFEST_FILE, partPrefix, writeManifest, type DatasetManifest } from '../data/manifest.ts';
+import { MANIFEST_FILE, partPrefix, publishDataset, removeDatasetLeftovers, type DatasetManifest } from '../data/manifest.ts';
 import { ScanInputError, limitPerClass as limitEntries, scanInput, takePart, type ScanEntry, type ScanRejected } from '../data/scan.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ShardWriter } from '../data/shards.ts';
@@ -165,8 +165,11 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   } catch (e) {
     throw new IngestInputError(`ingest.outDir ${o.outDir} cannot be created (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  // Drop the old manifest first: while we rewrite, the folder must not look like a finished dataset.
-  await rm(join(outDir, names.manifest), { force: true });
+  // The previous dataset stays readable until the new one is whole (publishDataset); what a killed
+  // run left behind goes now.
+  const owns = (name: string) => name.startsWith(`${names.shardPrefix}-`) || name === names.manifest || name === names.rejected;
+  const removed = await removeDatasetLeftovers(outDir, owns, names.manifest);
+  if (removed.length > 0) log(`ingest: removed ${removed.length} file(s) left by an interrupted run: ${removed.join(', ')}`);
 
   const info = schemaInfo('images', { imageShape: [o.size, o.size, 3] }, classes);
   const writer = new ShardWriter({ dir: outDir, schema: info, prefix: names.shardPrefix, maxRows: o.maxRowsPerShard, maxBytes: o.maxBytesPerShard });
@@ -224,7 +227,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       o.onProgress?.(done, entries.length);
     }
     await flush();
-    const shards = await writer.close();
+    const shards = await writer.finish();
     const rows = shards.reduce((n, s) => n + s.rows, 0);
 
     await writeFileAtomic(join(outDir, names.rejected), rejected.map((r) => JSON.stringify(r) + '\n').join(''));
@@ -241,8 +244,8 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       preprocessing: 'EXIF orientation applied; shorter side resized to size (Lanczos3), centre crop; alpha flattened onto black; 8-bit sRGB RGB, HWC',
       ...(o.numShards > 1 ? { part: { index: o.shardIndex, count: o.numShards } } : {}),
     };
+    const manifestPath = await publishDataset(outDir, shards, manifest, names.manifest);
     await removeStaleShards(outDir, names.shardPrefix, new Set(shards.map((s) => s.path)));
-    const manifestPath = await writeManifest(outDir, manifest, names.manifest);
     const seconds = (performance.now() - started) / 1000;
     const imagesPerSecond = entries.length / Math.max(seconds, 1e-9);
     log(`ingest: wrote ${rows} rows in ${shards.length} shards to ${outDir}, ${rejected.length} rejected, ${imagesPerSecond.toFixed(0)} images/s`);

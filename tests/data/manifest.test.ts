@@ -4,8 +4,10 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadImages } from '../../data/memory.ts';
 import {
   ManifestError,
+  ShardIntegrityError,
   mergePartManifests,
   partPrefix,
   readDataset,
@@ -116,6 +118,49 @@ describe('manifest', () => {
     expect(ids).toEqual(Array.from({ length: 10 }, (_, i) => `x/${i}`));
     expect(shards.size).toBe(3);
     await expect(readDataset(dir, { schema: 'views' }).next()).rejects.toThrow(/schema is images, expected views/);
+  });
+});
+
+describe('readers check each shard against the manifest', () => {
+  /** Flips one byte of the first shard: in a record batch (the middle) or in the footer (near the end). */
+  async function damage(where: 'middle' | 'footer'): Promise<{ path: string; sha256: string }> {
+    const m = await makeDataset();
+    await writeManifest(dir, m);
+    const path = join(dir, m.shards[0].path);
+    const bytes = await readFile(path);
+    const footerLength = bytes.readInt32LE(bytes.length - 10);
+    const at = where === 'middle' ? bytes.length >> 1 : bytes.length - 10 - (footerLength >> 1);
+    bytes[at] ^= 0x40;
+    await writeFile(path, bytes);
+    return { path, sha256: m.shards[0].sha256 };
+  }
+
+  it.each(['middle', 'footer'] as const)('refuses a shard with a byte flipped in the %s, naming it, before any row', async (where) => {
+    // An intact read first, so the per-process memo of intact shards is filled and then invalidated.
+    await writeManifest(dir, await makeDataset());
+    expect((await loadImages(dir)).ids).toHaveLength(10);
+    const { path, sha256 } = await damage(where);
+    const rows: string[] = [];
+    const err = await (async () => {
+      for await (const b of readDataset(dir, { schema: 'images' })) rows.push(...b.columns.id);
+    })().catch((e) => e);
+    expect(rows).toEqual([]);
+    expect(err).toBeInstanceOf(ShardIntegrityError);
+    expect(err.name).toBe('ShardIntegrityError');
+    expect(err.message).toBe(`${path}: sha256 ${err.message.match(/sha256 ([0-9a-f]{64})/)[1]} differs from the manifest's ${sha256}; re-run the stage that produced it with --force`);
+    expect(err.message).not.toMatch(/\n/);
+    await expect(loadImages(dir)).rejects.toThrow(ShardIntegrityError);
+    await expect(loadImages(dir)).rejects.toThrow(path);
+  });
+
+  it('refuses a shard of the wrong size without hashing it, and a missing one', async () => {
+    const m = await makeDataset();
+    await writeManifest(dir, m);
+    const path = join(dir, m.shards[1].path);
+    await writeFile(path, Buffer.concat([await readFile(path), Buffer.from([0])]));
+    await expect(loadImages(dir)).rejects.toThrow(`${path}: size ${m.shards[1].bytes! + 1} bytes differs from the manifest's ${m.shards[1].bytes}`);
+    await rm(path);
+    await expect(loadImages(dir)).rejects.toThrow(`${path}: missing or unreadable (ENOENT); re-run the stage that produced it with --force`);
   });
 });
 

@@ -150,18 +150,18 @@ describe('ShardWriter', () => {
     expect(files[0].sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
   });
 
-  it('has no final-named file until a shard is complete, and only the final name after', async () => {
+  it('has no final-named file until the whole output is complete, and only the final names after', async () => {
     const sch = images();
     const writer = new ShardWriter({ dir, schema: sch, maxRows: 10 });
     await writer.write(makeColumns(sch, 4));
     const during = await readdir(dir);
     expect(during).toHaveLength(1);
     expect(during[0]).toBe(`shard-00000.arrow.tmp-${process.pid}`);
-    await writer.write(makeColumns(sch, 6, 4)); // fills shard 0 exactly: renamed at once
-    expect(await readdir(dir)).toEqual(['shard-00000.arrow']);
+    await writer.write(makeColumns(sch, 8, 4)); // fills shard 0: complete, but still temporary
+    expect((await readdir(dir)).sort()).toEqual([`shard-00000.arrow.tmp-${process.pid}`, `shard-00001.arrow.tmp-${process.pid}`]);
     const files = await writer.close();
-    expect(files.map((f) => f.rows)).toEqual([10]);
-    expect(await readdir(dir)).toEqual(['shard-00000.arrow']);
+    expect(files.map((f) => f.rows)).toEqual([10, 2]);
+    expect((await readdir(dir)).sort()).toEqual(['shard-00000.arrow', 'shard-00001.arrow']);
   });
 
   it('abort deletes temporary and finished shards', async () => {
