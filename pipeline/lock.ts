@@ -19,6 +19,8 @@ export interface LockBody {
   host: string;
   /** Field 22 of /proc/<pid>/stat (start time in clock ticks after boot); null where there is no /proc. */
   process_start: string | null;
+  /** The stage being run, when the holder is the stage runner. */
+  stage?: string;
   started_at: string;
   refreshed_at: string;
 }
@@ -67,6 +69,7 @@ export async function staleReason(path: string, holder: Partial<LockBody> | null
   return null;
 }
 
+/** The lock's body; null when it is unreadable; ENOENT when there is none. */
 export async function readLock(path: string): Promise<Partial<LockBody> | null> {
   try {
     const body: unknown = JSON.parse(await readFile(path, 'utf8'));
@@ -94,14 +97,14 @@ async function createExclusive(path: string, body: string): Promise<void> {
  * stale: taken over with one log line. A live holder is a RunDirLockedError naming it. The lock is
  * rewritten every LOCK_REFRESH_MS while held. Returns the release function.
  */
-export async function acquireRunLock(runDir: string, { log = () => {} }: { log?: (line: string) => void } = {}): Promise<() => Promise<void>> {
+export async function acquireRunLock(runDir: string, { log = () => {}, stage }: { log?: (line: string) => void; stage?: string } = {}): Promise<() => Promise<void>> {
   await mkdir(runDir, { recursive: true });
   const path = join(runDir, 'pipeline.lock');
   await removeStaleLeftovers(path);
   const self = processStart(process.pid);
   const started = new Date().toISOString();
   const bodyOf = (refreshed: string): string =>
-    JSON.stringify({ pid: process.pid, host: hostname(), process_start: self && !self.gone ? self.start : null, started_at: started, refreshed_at: refreshed } satisfies LockBody);
+    JSON.stringify({ pid: process.pid, host: hostname(), process_start: self && !self.gone ? self.start : null, ...(stage ? { stage } : {}), started_at: started, refreshed_at: refreshed } satisfies LockBody);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       await createExclusive(path, bodyOf(started));
@@ -144,4 +147,11 @@ function holdLock(path: string, bodyOf: (refreshed: string) => string): () => Pr
     const holder = await readLock(path).catch(() => null);
     if (holder === null || (holder.pid === process.pid && holder.host === hostname())) await rm(path, { force: true });
   };
+}
+
+/** The live holder of RUN_DIR's lock, or null when there is none or it is stale. */
+export async function liveLockHolder(runDir: string): Promise<Partial<LockBody> | null> {
+  const path = join(runDir, 'pipeline.lock');
+  const holder = await readLock(path).catch(() => null);
+  return holder && (await staleReason(path, holder)) === null ? holder : null;
 }

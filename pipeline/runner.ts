@@ -126,7 +126,7 @@ export type RunStageResult = { skipped: true; manifest: StageManifest } | { skip
 export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
   const { stage, runDir, config, log = () => {} } = opts;
   const stageDir = join(runDir, stage);
-  const release = await acquireRunLock(runDir, { log });
+  const release = await acquireRunLock(runDir, { log, stage });
   try {
     const hash = configHash(Object.fromEntries(Object.entries(config).filter(([k]) => !opts.volatile?.includes(k))));
     const inputs = await hashInputs(opts.inputs, runDir);
