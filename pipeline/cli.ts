@@ -2,12 +2,12 @@
 // 0 success, 1 the stage failed at run time, 2 bad usage, config or input.
 import yargs, { type Argv } from 'yargs';
 import { join, resolve } from 'node:path';
-import { COMMON_OPTIONS, ConfigError, kebab, loadConfigFile, resolveConfig, type OptionSpec, type OptionSpecs } from './config.ts';
+import { COMMON_OPTIONS, ConfigError, configRunDir, kebab, loadConfigFile, resolveConfig, type OptionSpec, type OptionSpecs } from './config.ts';
 import { runStage } from './runner.ts';
 import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
 
-/** Error classes whose message is one line about bad usage, config or input: exit 2. */
-const USAGE_ERROR_NAMES = /(UsageError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|IntegrityError|ManifestError|CheckpointError)$/;
+/** Error classes whose message is one line about bad usage, config or input: exit 2 (YError: yargs' own, e.g. a flag without its value). */
+const USAGE_ERROR_NAMES = /(UsageError|YError|InputError|ConfigError|BackendUnavailableError|RunDirLockedError|ShardFormatError|IntegrityError|ManifestError|CheckpointError)$/;
 
 /** The command line itself is wrong (unknown flag or command, missing value). */
 class UsageError extends Error {
@@ -20,13 +20,21 @@ function exitCodeFor(err: unknown): number {
 
 function addOptions(y: Argv, specs: OptionSpecs, group: string): Argv {
   for (const [key, spec] of Object.entries(specs)) {
-    y.option(kebab(key), {
-      type: spec.type === 'boolean' ? 'boolean' : spec.type === 'string' ? 'string' : 'number',
+    const flag = kebab(key);
+    y.option(flag, {
+      // Values reach resolveConfig as typed, which checks and converts them: yargs would turn
+      // `--epochs abc` into NaN, and the message could not say what was given.
+      type: spec.type === 'boolean' ? 'boolean' : 'string',
+      // A flag without its value is a usage error (a string flag would silently get its default).
+      requiresArg: spec.type !== 'boolean',
       describe: describeSpec(spec),
       group,
       // Defaults are applied by resolveConfig so that the config file can override them.
       default: undefined,
     });
+    // Only for --help's [number] label: yargs-parser leaves a string-typed flag's value as given
+    // (its string type wins), its help shows the number type (tests/pipeline/cli.test.ts checks both).
+    if (spec.type === 'int' || spec.type === 'number') y.number(flag);
   }
   return y;
 }
@@ -64,10 +72,11 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       specs,
       file,
       set: (argv.set as string[] | undefined) ?? [],
+      stages: STAGE_NAMES,
       flags: pickFlags(argv, specs),
       extraFileKeys: ['runDir'],
     });
-    const runDirRaw = (argv.runDir as string | undefined) ?? (file?.common['run-dir'] as string) ?? (file?.common['run_dir'] as string) ?? (file?.common['runDir'] as string);
+    const runDirRaw = (argv.runDir as string | undefined) || (file && configRunDir(file));
     if (!runDirRaw) throw new ConfigError(`--run-dir is required for 'run ${stageName}' (or run_dir in the config file)`);
     const runDir = resolve(runDirRaw);
     const log = (line: string) => {
@@ -108,7 +117,7 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
           .example('$0 ingest --input ../shared/datasets/cifar10/train --out data/cifar10', 'class sub-folders become labels'),
       async (argv) => {
         const specs = { ...COMMON_OPTIONS, ...STAGES.ingest.options };
-        const config = resolveConfig({ stage: 'ingest', specs, flags: pickFlags(argv, specs) });
+        const config = resolveConfig({ stage: 'ingest', specs, stages: STAGE_NAMES, flags: pickFlags(argv, specs) });
         const log = (line: string) => {
           if (!argv.json || argv.verbose) io.stderr(line);
         };

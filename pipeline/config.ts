@@ -67,6 +67,14 @@ export function kebab(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
 
+/** A value as an error message shows it: strings quoted as typed, anything else as JSON. */
+export function shown(raw: unknown): string {
+  if (typeof raw === 'string') return `'${raw}'`;
+  if (raw === undefined) return 'nothing';
+  if (typeof raw === 'number') return String(raw); // NaN and Infinity too, which JSON would call null
+  return JSON.stringify(raw) ?? String(raw);
+}
+
 /** Converts and checks one value against its spec; `where` names the source for the error. */
 function coerceOption(key: string, spec: OptionSpec, raw: unknown, where: string): string | number | boolean {
   const name = `${where} '${kebab(key)}'`;
@@ -75,8 +83,8 @@ function coerceOption(key: string, spec: OptionSpec, raw: unknown, where: string
     case 'int':
     case 'number': {
       const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
-      if (!Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got ${JSON.stringify(raw)}`);
-      if (spec.type === 'int' && !Number.isInteger(n)) throw new ConfigError(`${name} must be an integer, got ${raw}`);
+      if (!Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got ${shown(raw)}`);
+      if (spec.type === 'int' && !Number.isInteger(n)) throw new ConfigError(`${name} must be an integer, got ${shown(raw)}`);
       if (spec.min !== undefined && (spec.exclusiveMin ? n <= spec.min : n < spec.min)) {
         throw new ConfigError(`${name} must be ${spec.exclusiveMin ? '>' : '>='} ${spec.min}, got ${n}`);
       }
@@ -88,19 +96,19 @@ function coerceOption(key: string, spec: OptionSpec, raw: unknown, where: string
       if (typeof raw === 'boolean') value = raw;
       else if (raw === 'true' || raw === '1' || raw === 'yes') value = true;
       else if (raw === 'false' || raw === '0' || raw === 'no') value = false;
-      else throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(raw)}`);
+      else throw new ConfigError(`${name} must be true or false, got ${shown(raw)}`);
       break;
     }
     case 'string': {
       if (typeof raw !== 'string' && typeof raw !== 'number') {
-        throw new ConfigError(`${name} must be a string, got ${JSON.stringify(raw)}`);
+        throw new ConfigError(`${name} must be a string, got ${shown(raw)}`);
       }
       value = String(raw);
       break;
     }
   }
   if (spec.choices && !spec.choices.includes(String(value))) {
-    throw new ConfigError(`${name} must be one of ${spec.choices.join(', ')}, got ${JSON.stringify(raw)}`);
+    throw new ConfigError(`${name} must be one of ${spec.choices.join(', ')}, got ${shown(raw)}`);
   }
   return value;
 }
@@ -145,15 +153,28 @@ export async function loadConfigFile(path: string, stageNames: readonly string[]
   return { path, common, stages };
 }
 
-/** Parses `--set key=value` entries; `stage.key=value` addresses one stage's section. */
-function parseSetEntries(entries: readonly string[]): { stage?: string; key: string; value: string }[] {
+/** The config file's run directory (`run_dir`, `run-dir` or `runDir` at the top), checked to be a path. */
+export function configRunDir(file: ConfigFile): string | undefined {
+  const raw = Object.keys(file.common).find((k) => normaliseKey(k) === 'runDir');
+  if (raw === undefined) return undefined;
+  const value = file.common[raw];
+  if (typeof value !== 'string' || value === '') throw new ConfigError(`config file ${file.path}: '${raw}' must be a directory path (a string), got ${shown(value)}`);
+  return value;
+}
+
+/** Parses `--set key=value` entries; `stage.key=value` addresses one stage's section, which must exist. */
+function parseSetEntries(entries: readonly string[], stages: readonly string[]): { stage?: string; key: string; value: string }[] {
   return entries.map((entry) => {
+    if (typeof entry !== 'string') throw new ConfigError(`--set must be given key=value, got ${shown(entry)}`);
     const eq = entry.indexOf('=');
     if (eq <= 0) throw new ConfigError(`--set '${entry}' must look like key=value`);
     const path = entry.slice(0, eq);
     const value = entry.slice(eq + 1);
     const dot = path.indexOf('.');
-    return dot > 0 ? { stage: path.slice(0, dot), key: path.slice(dot + 1), value } : { key: path, value };
+    if (dot <= 0) return { key: path, value };
+    const stage = path.slice(0, dot);
+    if (!stages.includes(stage)) throw new ConfigError(`--set ${path}: unknown stage '${stage}' (known: ${stages.join(', ')})`);
+    return { stage, key: path.slice(dot + 1), value };
   });
 }
 
@@ -162,6 +183,8 @@ export interface ResolveInput {
   specs: OptionSpecs;
   file?: ConfigFile;
   set?: readonly string[];
+  /** Every stage's name: a `--set stage.key=value` for another stage is left to it, for no stage is an error. */
+  stages: readonly string[];
   /** Flags given on the command line (camelCase keys), undefined when absent. */
   flags: Record<string, unknown>;
   /** Keys the config file may carry that are not options of this stage (e.g. `runDir`). */
@@ -169,7 +192,7 @@ export interface ResolveInput {
 }
 
 /** defaults ← config file ← --set ← flags; unknown keys and bad values throw ConfigError. */
-export function resolveConfig({ stage, specs, file, set = [], flags, extraFileKeys = [] }: ResolveInput): ResolvedConfig {
+export function resolveConfig({ stage, specs, file, set = [], stages, flags, extraFileKeys = [] }: ResolveInput): ResolvedConfig {
   const config: ResolvedConfig = {};
   for (const [key, spec] of Object.entries(specs)) config[key] = spec.default;
 
@@ -191,7 +214,7 @@ export function resolveConfig({ stage, specs, file, set = [], flags, extraFileKe
       apply(normaliseKey(raw), value, `config file ${file.path} section ${stage}`);
     }
   }
-  for (const entry of parseSetEntries(set)) {
+  for (const entry of parseSetEntries(set, stages)) {
     if (entry.stage !== undefined && entry.stage !== stage) continue;
     apply(normaliseKey(entry.key), entry.value, `--set ${entry.stage ? `${entry.stage}.` : ''}${entry.key}`);
   }

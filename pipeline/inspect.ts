@@ -4,8 +4,9 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describePath, type Description } from '../data/inspect.ts';
 import { verifyTree } from '../data/manifest.ts';
+import { liveLockHolder } from './lock.ts';
 import { readStageManifest, StageInputError, type StageManifest } from './runner.ts';
-import type { StageIO } from './stages.ts';
+import { STAGES, type StageIO } from './stages.ts';
 
 export interface InspectOptions {
   rows: number;
@@ -38,14 +39,30 @@ async function isRunDir(path: string): Promise<boolean> {
   return false;
 }
 
-async function describeRunDir(path: string): Promise<StageManifest[]> {
-  const stages: StageManifest[] = [];
+/** A stage as inspect shows it: `interrupted` is a `running` manifest that no live process works on. */
+type ShownStage = { [K in keyof StageManifest]: K extends 'status' ? StageManifest['status'] | 'interrupted' : StageManifest[K] } & { hint?: string };
+
+async function describeRunDir(path: string): Promise<ShownStage[]> {
+  const stages: ShownStage[] = [];
+  const holder = await liveLockHolder(path);
   for (const e of await readdir(path, { withFileTypes: true })) {
     if (!e.isDirectory()) continue;
     const m = await readStageManifest(join(path, e.name));
-    if (m?.stage === e.name) stages.push(m);
+    if (m?.stage !== e.name) continue;
+    // A lock without a stage (an older one, or not the stage runner's) may be working on any stage.
+    const live = holder !== null && (holder.stage === undefined || holder.stage === m.stage);
+    if (m.status === 'running' && !live) stages.push({ ...m, status: 'interrupted', hint: continueHint(m.stage, path) });
+    else stages.push(m);
   }
   return stages.sort((a, b) => a.started_at.localeCompare(b.started_at));
+}
+
+/** How to go on with an interrupted stage: a training stage resumes from its checkpoint, others run again. */
+function continueHint(stage: string, runDir: string): string {
+  const resumable = Object.hasOwn(STAGES, stage) && Object.hasOwn(STAGES[stage].options, 'resume');
+  return resumable
+    ? `its process is gone; resume with: pipeline run ${stage} --run-dir ${runDir} --resume (and the flags it ran with)`
+    : `its process is gone; rerun it: pipeline run ${stage} --run-dir ${runDir} (and the flags it ran with)`;
 }
 
 function formatNumber(v: number): string {
@@ -76,7 +93,7 @@ function printDataset(d: Description, io: StageIO): void {
   }
 }
 
-function printRunDir(path: string, stages: StageManifest[], io: StageIO): void {
+function printRunDir(path: string, stages: ShownStage[], io: StageIO): void {
   io.stdout(`run directory ${path}`);
   if (stages.length === 0) io.stdout('  no stage has run yet');
   for (const m of stages) {
@@ -86,6 +103,7 @@ function printRunDir(path: string, stages: StageManifest[], io: StageIO): void {
     if (metrics.length) io.stdout(`    metrics: ${metrics.map(([k, v]) => `${k} ${formatNumber(v)}`).join(', ')}`);
     if (m.outputs?.length) io.stdout(`    outputs: ${m.outputs.map((o) => `${o.path}${o.rows !== undefined ? ` (${o.rows} rows)` : ''}`).join(', ')}`);
     if (m.error) io.stdout(`    error: ${m.error}`);
+    if (m.hint) io.stdout(`    hint: ${m.hint}`);
   }
 }
 

@@ -1,12 +1,13 @@
 // Stage runner: run-dir lock, stage manifest (running → completed | failed), resolved config file,
 // and the skip rule (same config hash and input hashes → nothing to do).
 import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { processAlive, writeFileAtomic } from '../data/files.ts';
+import { writeFileAtomic } from '../data/files.ts';
 import { sha256File } from '../data/manifest.ts';
 import { listImageFiles, scanInput } from '../data/scan.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
+import { acquireRunLock } from './lock.ts';
 
 export type StageStatus = 'running' | 'completed' | 'failed';
 
@@ -24,43 +25,7 @@ export interface StageManifest {
   [extra: string]: unknown;
 }
 
-/** Another process holds the run directory. */
-export class RunDirLockedError extends Error {
-  override name = 'RunDirLockedError';
-}
-
-/**
- * Takes `RUN_DIR/pipeline.lock` (O_EXCL). A lock left by a dead process on this host is taken
- * over; a live holder is an error naming its pid. Returns the release function.
- */
-export async function acquireRunLock(runDir: string): Promise<() => Promise<void>> {
-  await mkdir(runDir, { recursive: true });
-  const path = join(runDir, 'pipeline.lock');
-  const body = JSON.stringify({ pid: process.pid, host: process.env.HOSTNAME ?? '', started_at: new Date().toISOString() });
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await open(path, 'wx');
-      await handle.writeFile(body);
-      await handle.close();
-      return async () => {
-        await rm(path, { force: true });
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      let holder: { pid?: number } = {};
-      try {
-        holder = JSON.parse(await readFile(path, 'utf8'));
-      } catch {
-        // An unreadable lock body is treated as stale: the writer died between open and write.
-      }
-      if (holder.pid && holder.pid !== process.pid && processAlive(holder.pid)) {
-        throw new RunDirLockedError(`${path}: run directory is in use by process ${holder.pid}; wait for it or remove the lock if that process is gone`);
-      }
-      await rm(path, { force: true });
-    }
-  }
-  throw new RunDirLockedError(`${path}: could not take the lock`);
-}
+export { acquireRunLock, RunDirLockedError } from './lock.ts';
 
 export async function readStageManifest(stageDir: string): Promise<StageManifest | null> {
   try {
@@ -175,7 +140,7 @@ export type RunStageResult = { skipped: true; manifest: StageManifest } | { skip
 export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
   const { stage, runDir, config, log = () => {} } = opts;
   const stageDir = join(runDir, stage);
-  const release = await acquireRunLock(runDir);
+  const release = await acquireRunLock(runDir, { log, stage });
   try {
     const hash = configHash(Object.fromEntries(Object.entries(config).filter(([k]) => !opts.volatile?.includes(k))));
     const inputs = await hashInputs(opts.inputs, runDir);

@@ -1,7 +1,7 @@
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../pipeline/cli.ts';
 import { shardFromEnvironment } from '../../pipeline/stages.ts';
 import { makeSyntheticDataset } from '../../scripts/synthetic.ts';
@@ -49,6 +49,10 @@ describe('pipeline CLI', () => {
     [['run', 'pretrain', '--input', 'x'], /Unknown argument: input/],
     [['run', 'pretrain', '--epochs', '2'], /--run-dir is required/],
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--model', 'vgg'], /must be one of .*resnet20/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs', 'abc'], /flag 'epochs' must be a number, got 'abc'$/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs=12.5'], /flag 'epochs' must be an integer, got '12.5'$/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs'], /Not enough arguments following: epochs/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--set', 'pretrian.epochs=1'], /--set pretrian.epochs: unknown stage 'pretrian' \(known: ingest, augment, pretrain\)$/],
     [['frobnicate'], /Unknown argument: frobnicate/],
     [['inspect', '/no/such/path'], /inspect: \/no\/such\/path does not exist/],
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--backend', 'tensorflow-gpu'], /backend 'tensorflow-gpu' is not available|does not exist/],
@@ -71,6 +75,33 @@ describe('pipeline CLI', () => {
     const bad = await run(['run', 'ingest', '--config', config]);
     expect(bad.code).toBe(2);
     expect(bad.err).toMatch(/section ingest: unknown key 'sise'/);
+  });
+
+  it.each([
+    ['run_dir: 42', /^pipeline: config file .*pipeline.yaml: 'run_dir' must be a directory path \(a string\), got 42$/],
+    ['run_dir: /tmp/x\npretrain:\n  epochs: [1, 2]', /^pipeline: config file .*pipeline.yaml section pretrain 'epochs' must be a number, got \[1,2\]$/],
+    ['run_dir: /tmp/x\nseed: { a: 1 }', /^pipeline: config file .*pipeline.yaml 'seed' must be a number, got \{"a":1\}$/],
+  ])('exits 2 with one line for a config value of the wrong type: %j', async (text, message) => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-cfg-'));
+    const config = join(dir, 'pipeline.yaml');
+    await writeFile(config, `${text}\n`);
+    const { code, err } = await run(['run', 'pretrain', '--config', config]);
+    expect(code).toBe(2);
+    expect(err).toMatch(message);
+  });
+
+  it('keeps the help of numeric flags: their type and default', async () => {
+    const lines: unknown[] = [];
+    const spy = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(...a));
+    try {
+      expect((await run(['run', 'pretrain', '--help'])).code).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
+    const help = lines.join('\n');
+    expect(help).toMatch(/--epochs +passes over the training images \(default 100\) +\[number\]/);
+    expect(help).toMatch(/--model +encoder .*\[string\]/s);
+    expect(help).toMatch(/--resume +continue from the last checkpoint .*\[boolean\]/);
   });
 
   it('takes the shard from Kubernetes or Slurm job variables', () => {
