@@ -52,7 +52,7 @@ describe('pipeline CLI', () => {
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs', 'abc'], /flag 'epochs' must be a number, got 'abc'$/],
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs=12.5'], /flag 'epochs' must be an integer, got '12.5'$/],
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--epochs'], /Not enough arguments following: epochs/],
-    [['run', 'pretrain', '--run-dir', '/tmp/x', '--set', 'pretrian.epochs=1'], /--set pretrian.epochs: unknown stage 'pretrian' \(known: ingest, augment, pretrain\)$/],
+    [['run', 'pretrain', '--run-dir', '/tmp/x', '--set', 'pretrian.epochs=1'], /--set pretrian.epochs: unknown stage 'pretrian' \(known: ingest, augment, pretrain, finetune, evaluate\)$/],
     [['frobnicate'], /Unknown argument: frobnicate/],
     [['inspect', '/no/such/path'], /inspect: \/no\/such\/path does not exist/],
     [['run', 'pretrain', '--run-dir', '/tmp/x', '--backend', 'tensorflow-gpu'], /backend 'tensorflow-gpu' is not available|does not exist/],
