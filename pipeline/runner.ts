@@ -27,6 +27,13 @@ export interface StageManifest {
 
 export { acquireRunLock, RunDirLockedError } from './lock.ts';
 
+/** The fields every stage manifest has; what else a manifest holds belongs to the stage's output. */
+const STAGE_FIELDS = ['stage', 'status', 'started_at', 'finished_at', 'backend', 'config_hash', 'inputs', 'outputs', 'metrics', 'error'];
+
+function withoutStageFields(manifest: StageManifest): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(manifest).filter(([k]) => !STAGE_FIELDS.includes(k)));
+}
+
 export async function readStageManifest(stageDir: string): Promise<StageManifest | null> {
   try {
     return JSON.parse(await readFile(join(stageDir, 'manifest.json'), 'utf8')) as StageManifest;
@@ -158,6 +165,9 @@ export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
     await writeFileAtomic(join(stageDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
     let backend: string | null = null;
     const manifest: StageManifest = {
+      // What the last run left beside its stage fields (for ingest: its dataset manifest, which is
+      // this same file) stays readable while this run works and if it fails.
+      ...(previous ? withoutStageFields(previous) : {}),
       stage,
       status: 'running',
       started_at: new Date().toISOString(),
@@ -191,13 +201,20 @@ export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
       await save();
       return { skipped: false, manifest };
     } catch (err) {
-      Object.assign(manifest, {
+      // The stage may have published its output before failing: keep what the file says now.
+      const onDisk = await readStageManifest(stageDir).catch(() => null);
+      Object.assign(manifest, onDisk ? withoutStageFields(onDisk) : {}, {
         status: 'failed' as const,
         finished_at: new Date().toISOString(),
         backend,
         error: err instanceof Error ? err.message : String(err),
       });
-      await save();
+      try {
+        await save();
+      } catch (saveErr) {
+        // The stage's own error is the one to report (a full disk fails this write too).
+        log(`${stage}: could not record the failure in ${join(stageDir, 'manifest.json')}: ${saveErr instanceof Error ? saveErr.message : saveErr}`);
+      }
       throw err;
     }
   } finally {

@@ -73,3 +73,28 @@ describe('damaged shards through the CLI', () => {
     }
   });
 });
+
+describe('a failed re-run through the CLI', () => {
+  it('keeps the last good dataset readable, its shards and rows as they were', async () => {
+    const images = await mkdtemp(join(tmpdir(), 'rerun-images-'));
+    await makeSyntheticDataset({ dir: images, perClass: 4, size: 12, classes: ['disc', 'square'] });
+    const runDir = await mkdtemp(join(tmpdir(), 'rerun-run-'));
+    expect((await run(['run', 'ingest', '--run-dir', runDir, '--input', images, '--size', '8', '--workers', '1'])).code).toBe(0);
+    const manifestPath = join(runDir, 'ingest', 'manifest.json');
+    const before = JSON.parse(await readFile(manifestPath, 'utf8'));
+    const shardBytes = await readFile(join(runDir, 'ingest', 'shard-00000.arrow'));
+    // A corrupt image added, and --strict: the re-run fails at the first unusable file.
+    await writeFile(join(images, 'disc', 'broken.png'), 'not a png');
+    const again = await run(['run', 'ingest', '--run-dir', runDir, '--input', images, '--size', '8', '--workers', '1', '--strict']);
+    expect(again.code).toBe(2);
+    const after = JSON.parse(await readFile(manifestPath, 'utf8'));
+    expect(after.status).toBe('failed');
+    expect(after.error).toMatch(/broken\.png/);
+    // The dataset part is the last good run's, and its readers still get its rows.
+    for (const key of ['schema', 'rows', 'classes', 'shards', 'image_shape']) expect(after[key]).toEqual(before[key]);
+    expect(await readFile(join(runDir, 'ingest', 'shard-00000.arrow'))).toEqual(shardBytes);
+    const inspect = await run(['inspect', '--verify', runDir]);
+    expect(inspect.code, inspect.out + inspect.err).toBe(0);
+    expect((await run(['run', 'augment', '--run-dir', runDir, '--workers', '1'])).code).toBe(0);
+  });
+});
