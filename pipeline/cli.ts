@@ -87,6 +87,7 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     const dirName = stage.dirName?.(config) ?? stageName;
     const result = await runStage({
       stage: dirName,
+      command: stageName,
       runDir,
       config,
       inputs,

@@ -51,7 +51,7 @@ async function describeRunDir(path: string): Promise<ShownStage[]> {
     if (m?.stage !== e.name) continue;
     // A lock without a stage (an older one, or not the stage runner's) may be working on any stage.
     const live = holder !== null && (holder.stage === undefined || holder.stage === m.stage);
-    if (m.status === 'running' && !live) stages.push({ ...m, status: 'interrupted', hint: continueHint(m.stage, path) });
+    if (m.status === 'running' && !live) stages.push({ ...m, status: 'interrupted', hint: continueHint(m.command ?? m.stage, path) });
     else stages.push(m);
   }
   return stages.sort((a, b) => a.started_at.localeCompare(b.started_at));

@@ -12,7 +12,10 @@ import { acquireRunLock } from './lock.ts';
 export type StageStatus = 'running' | 'completed' | 'failed';
 
 export interface StageManifest {
+  /** The stage's directory name: its command's name, or another (finetune --init random → baseline). */
   stage: string;
+  /** The `pipeline run` command, when `stage` is another name. */
+  command?: string;
   status: StageStatus;
   started_at: string;
   finished_at: string | null;
@@ -28,7 +31,7 @@ export interface StageManifest {
 export { acquireRunLock, RunDirLockedError } from './lock.ts';
 
 /** The fields every stage manifest has; what else a manifest holds belongs to the stage's output. */
-const STAGE_FIELDS = ['stage', 'status', 'started_at', 'finished_at', 'backend', 'config_hash', 'inputs', 'outputs', 'metrics', 'error'];
+const STAGE_FIELDS = ['stage', 'command', 'status', 'started_at', 'finished_at', 'backend', 'config_hash', 'inputs', 'outputs', 'metrics', 'error'];
 
 function withoutStageFields(manifest: StageManifest): Record<string, unknown> {
   return Object.fromEntries(Object.entries(manifest).filter(([k]) => !STAGE_FIELDS.includes(k)));
@@ -126,7 +129,10 @@ export interface StageOutcome {
 }
 
 export interface RunStageOptions {
+  /** The directory (and manifest) name in the run dir. */
   stage: string;
+  /** The `pipeline run` command, when it differs from `stage`. */
+  command?: string;
   runDir: string;
   config: ResolvedConfig;
   inputs: readonly string[];
@@ -169,6 +175,7 @@ export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
       // this same file) stays readable while this run works and if it fails.
       ...(previous ? withoutStageFields(previous) : {}),
       stage,
+      ...(opts.command !== undefined && opts.command !== stage ? { command: opts.command } : {}),
       status: 'running',
       started_at: new Date().toISOString(),
       finished_at: null,

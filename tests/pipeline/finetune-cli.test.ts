@@ -36,6 +36,7 @@ describe('pipeline run finetune', () => {
     const base = await run(['run', 'finetune', '--run-dir', runDir, '--data', data, '--labels', '3-per-class', '--holdout', '2', '--epochs', '2', '--init', 'random', ...small]);
     expect(base.code, base.err).toBe(0);
     expect(JSON.parse(base.out)).toMatchObject({ stage: 'baseline', status: 'completed' });
+    expect(JSON.parse(await readFile(join(runDir, 'baseline', 'manifest.json'), 'utf8'))).toMatchObject({ stage: 'baseline', command: 'finetune' });
     expect(await readFile(join(runDir, 'baseline', 'labeled-ids.txt'), 'utf8')).toBe(await readFile(join(runDir, 'finetune', 'labeled-ids.txt'), 'utf8'));
     expect(JSON.parse((await run(['inspect', runDir, '--json'])).out).stages.map((s: { stage: string }) => s.stage)).toEqual(['pretrain', 'finetune', 'baseline']);
 
