@@ -101,7 +101,8 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
   }
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether anything (a file, a directory) is at `path`. */
+export async function exists(path: string): Promise<boolean> {
   try {
     await stat(path);
     return true;

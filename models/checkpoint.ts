@@ -14,7 +14,7 @@
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { leftovers, removeStaleLeftovers, replaceDir, syncDir, tempPath, writeFileSynced } from '../data/files.ts';
+import { exists, leftovers, removeStaleLeftovers, replaceDir, syncDir, tempPath, writeFileSynced } from '../data/files.ts';
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -77,15 +77,6 @@ interface OptimizerJson {
   config: unknown;
   weights_path: string;
   weights: tf.io.WeightsManifestEntry[];
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function readRequired(path: string): Promise<Buffer> {

@@ -1,7 +1,10 @@
 // Shared test helpers: tensor comparison, the tests' seeded random numbers, tiny datasets.
-import { mkdtemp } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
 import { writeManifest } from '../data/manifest.ts';
@@ -82,4 +85,37 @@ export async function tinyImagesDataset({ perClass, size, seed = 7 }: { perClass
     shards,
   });
   return dir;
+}
+
+/** Runs the `pipeline` CLI in-process and captures what it prints. */
+export async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  // Loaded here, not at the top: most tests using these helpers never need the CLI and its stages.
+  const { main } = await import('../pipeline/cli.ts');
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+/**
+ * Loads the tfjs model in `modelDir` (model.json + weights.bin) in a fresh Node process that has
+ * only plain @tensorflow/tfjs (stock layers, cpu backend) and runs it on [2, size, size, 3] ramp
+ * pixels in [0, 1); returns its layer classes and flat outputs.
+ */
+export async function plainTfjsPredict(modelDir: string, size: number): Promise<{ layers: string[]; y: number[] }> {
+  const script = join(await mkdtemp(join(tmpdir(), 'plain-tfjs-')), 'plain-load.mjs');
+  const n = 2 * size * size * 3;
+  await writeFile(
+    script,
+    `import * as tf from ${JSON.stringify(pathToFileURL(createRequire(import.meta.url).resolve('@tensorflow/tfjs')).href)};
+import { readFileSync } from 'node:fs';
+const dir = ${JSON.stringify(modelDir)};
+const json = JSON.parse(readFileSync(dir + '/model.json', 'utf8'));
+const weights = readFileSync(dir + '/weights.bin');
+const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
+const x = tf.div(tf.range(0, ${n}), ${n}).reshape([2, ${size}, ${size}, 3]);
+console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), y: Array.from(model.predict(x).dataSync()) }));
+`,
+  );
+  return JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8' }).trim().split('\n').pop()!);
 }

@@ -2,17 +2,11 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../pipeline/cli.ts';
 import { shardFromEnvironment } from '../../pipeline/stages.ts';
 import { makeSyntheticDataset } from '../../scripts/synthetic.ts';
+import { runCli } from '../helpers.ts';
 
-/** Runs the CLI in-process and captures what it prints. */
-async function run(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
+const run = runCli;
 
 describe('pipeline CLI', () => {
   let images: string;

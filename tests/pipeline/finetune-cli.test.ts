@@ -3,15 +3,9 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../pipeline/cli.ts';
-import { tinyImagesDataset } from '../helpers.ts';
+import { runCli, tinyImagesDataset } from '../helpers.ts';
 
-async function run(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
+const run = runCli;
 
 describe('pipeline run finetune', () => {
   let data: string;

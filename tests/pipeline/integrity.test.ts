@@ -4,15 +4,10 @@ import { cp, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../pipeline/cli.ts';
+import { runCli } from '../helpers.ts';
 import { makeSyntheticDataset } from '../../scripts/synthetic.ts';
 
-async function run(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await main(args, { stdout: (l) => out.push(l), stderr: (l) => err.push(l), stderrStream: { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream });
-  return { code, out: out.join('\n'), err: err.join('\n') };
-}
+const run = runCli;
 
 /** Flips one byte of a file: in a record batch (the middle) or in the Arrow footer (near the end). */
 async function flipByte(path: string, where: 'middle' | 'footer'): Promise<void> {

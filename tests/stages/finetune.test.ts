@@ -1,16 +1,13 @@
-import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { layersModelFiles } from '../../models/checkpoint.ts';
 import { defaultFinetuneEpochs, finetune, type FinetuneOptions } from '../../stages/finetune.ts';
 import { pretrain } from '../../stages/pretrain.ts';
 import { TrainingInterruptedError } from '../../stages/training/loop.ts';
-import { tinyImagesDataset } from '../helpers.ts';
+import { plainTfjsPredict, tinyImagesDataset } from '../helpers.ts';
 
 const SIZE = 8;
 const weightsOf = async (dir: string, model: string) => {
@@ -62,20 +59,7 @@ describe('finetune stage', () => {
     const ours = Array.from(y.dataSync());
     tf.dispose([x, y]);
     model.dispose();
-    const script = join(outDir, 'plain-load.mjs');
-    await writeFile(
-      script,
-      `import * as tf from ${JSON.stringify(pathToFileURL(createRequire(import.meta.url).resolve('@tensorflow/tfjs')).href)};
-import { readFileSync } from 'node:fs';
-const dir = ${JSON.stringify(join(outDir, 'checkpoint', 'classifier'))};
-const json = JSON.parse(readFileSync(dir + '/model.json', 'utf8'));
-const weights = readFileSync(dir + '/weights.bin');
-const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
-const x = tf.div(tf.range(0, ${n}), ${n}).reshape([2, ${SIZE}, ${SIZE}, 3]);
-console.log(JSON.stringify(Array.from(model.predict(x).dataSync())));
-`,
-    );
-    const plain = JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    const plain = (await plainTfjsPredict(join(outDir, 'checkpoint', 'classifier'), SIZE)).y;
     expect(plain).toHaveLength(8);
     for (let i = 0; i < 8; i++) expect(plain[i]).toBeCloseTo(ours[i], 4);
     // Training moved the logits off zero.

@@ -1,7 +1,4 @@
-import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -9,7 +6,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { layersModelFiles } from '../../models/checkpoint.ts';
 import { buildSimclrModel } from '../../models/simclr.ts';
 import { pretrain, PretrainInputError, PretrainInterruptedError } from '../../stages/pretrain.ts';
-import { tinyImagesDataset } from '../helpers.ts';
+import { plainTfjsPredict, tinyImagesDataset } from '../helpers.ts';
 
 const SIZE = 8;
 
@@ -78,21 +75,7 @@ describe('pretrain stage', () => {
     expect(ours.every(Number.isFinite)).toBe(true);
     tf.dispose([y, input]);
     encoder.dispose();
-    const script = join(outDir, 'plain-load.mjs');
-    await writeFile(
-      script,
-      `import * as tf from ${JSON.stringify(pathToFileURL(createRequire(import.meta.url).resolve('@tensorflow/tfjs')).href)};
-import { readFileSync } from 'node:fs';
-const dir = ${JSON.stringify(join(outDir, 'checkpoint', 'encoder'))};
-const json = JSON.parse(readFileSync(dir + '/model.json', 'utf8'));
-const weights = readFileSync(dir + '/weights.bin');
-const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) }));
-const n = 2 * ${SIZE} * ${SIZE} * 3;
-const x = tf.div(tf.range(0, n), n).reshape([2, ${SIZE}, ${SIZE}, 3]);
-console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), y: Array.from(model.predict(x).dataSync()) }));
-`,
-    );
-    const plain = JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    const plain = await plainTfjsPredict(join(outDir, 'checkpoint', 'encoder'), SIZE);
     expect(plain.layers).toContain('BatchNormalization');
     expect(plain.y).toHaveLength(ours.length);
     for (let i = 0; i < ours.length; i++) expect(plain.y[i]).toBeCloseTo(ours[i], 3);
