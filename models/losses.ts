@@ -83,3 +83,30 @@ export function defaultTemperature(imageSize: number): number {
   }
   return imageSize <= 64 ? 0.5 : 0.1;
 }
+
+/**
+ * Distillation loss of SimCLRv2's third step (arXiv 2006.10029, eq. 3; Hinton et al. 2015): the
+ * student matches the teacher's softened class distribution,
+ *
+ *   L = τ² · (1/B) Σ_b −Σ_y P_T(y | x_b; τ) · log P_S(y | x_b; τ),   P(· | x; τ) = softmax(logits / τ)
+ *
+ * The τ² keeps the gradient's size comparable across temperatures (∂L/∂s = τ·(P_S − P_T)/B), as
+ * google-research/simclr's distillation code does. The teacher's logits are targets: compute them
+ * outside the gradient tape (tfjs has no stop_gradient), so nothing is differentiated through them.
+ *
+ * @param student [B, K] student logits.
+ * @param teacher [B, K] teacher logits.
+ * @param temperature τ > 0.
+ */
+export function distillationLoss(student: tf.Tensor2D, teacher: tf.Tensor2D, temperature: number): tf.Scalar {
+  if (!(Number.isFinite(temperature) && temperature > 0)) throw new Error(`distillationLoss: temperature must be a positive finite number, got ${temperature}`);
+  if (student.rank !== 2 || student.shape[0] !== teacher.shape[0] || student.shape[1] !== teacher.shape[1]) {
+    throw new Error(`distillationLoss: student and teacher logits must both be [B, K], got [${student.shape}] and [${teacher.shape}]`);
+  }
+  return tf.tidy(() => {
+    const target = tf.softmax(tf.div(teacher, temperature)); // [B, K]
+    const logProb = tf.logSoftmax(tf.div(student, temperature)); // [B, K]
+    const crossEntropy = tf.neg(tf.mean(tf.sum(tf.mul(target, logProb), 1))); // []
+    return tf.mul(crossEntropy, temperature * temperature) as tf.Scalar;
+  });
+}

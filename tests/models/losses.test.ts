@@ -2,7 +2,7 @@
 // values, symmetry, finite-difference gradients, contrastive accuracy, leaks.
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { defaultTemperature, ntXentLoss } from '../../models/losses.ts';
+import { defaultTemperature, distillationLoss, ntXentLoss } from '../../models/losses.ts';
 import { expectTensorClose, mulberry32 } from '../helpers.ts';
 
 beforeAll(async () => {
@@ -199,5 +199,82 @@ describe('defaultTemperature', () => {
 
   it('rejects a bad size by name', () => {
     expect(() => defaultTemperature(0)).toThrow(/imageSize must be a positive number/);
+  });
+});
+
+describe('distillationLoss', () => {
+  /** τ² · mean_b −Σ_y softmax(t_b/τ)_y · log softmax(s_b/τ)_y in float64. */
+  function reference(s: number[][], t: number[][], tau: number): number {
+    const softmax = (v: number[]) => {
+      const m = Math.max(...v.map((x) => x / tau));
+      const e = v.map((x) => Math.exp(x / tau - m));
+      const z = e.reduce((a, b) => a + b, 0);
+      return e.map((x) => x / z);
+    };
+    let total = 0;
+    for (let b = 0; b < s.length; b++) {
+      const ps = softmax(s[b]);
+      const pt = softmax(t[b]);
+      total -= pt.reduce((acc, p, y) => acc + p * Math.log(ps[y]), 0);
+    }
+    return (tau * tau * total) / s.length;
+  }
+
+  it.each([0.5, 1, 2, 4])('matches a plain-JS computation at τ = %s', (tau) => {
+    const s = randomMatrix(5, 7, 11).map((r) => r.map((x) => 3 * x));
+    const t = randomMatrix(5, 7, 12).map((r) => r.map((x) => 3 * x));
+    const loss = distillationLoss(tf.tensor2d(s), tf.tensor2d(t), tau);
+    expect(loss.dataSync()[0]).toBeCloseTo(reference(s, t, tau), 5);
+    loss.dispose();
+  });
+
+  it('is τ²·log K for all-equal logits, and its minimum over the student is the teacher entropy', () => {
+    const zeros = tf.zeros([3, 10]) as tf.Tensor2D;
+    expect(distillationLoss(zeros, zeros, 2).dataSync()[0]).toBeCloseTo(4 * Math.log(10), 5);
+    // Student = teacher: cross-entropy = entropy of P_T, the smallest value the student can reach.
+    const t = tf.tensor2d(randomMatrix(4, 6, 3));
+    const atTeacher = distillationLoss(t, t, 1).dataSync()[0];
+    const elsewhere = distillationLoss(tf.add(t, tf.tensor2d(randomMatrix(4, 6, 4))) as tf.Tensor2D, t, 1).dataSync()[0];
+    expect(elsewhere).toBeGreaterThan(atTeacher);
+    tf.dispose([zeros, t]);
+  });
+
+  it('has the gradient τ·(P_S − P_T)/B, checked by finite differences too', () => {
+    const tau = 2;
+    const s = randomMatrix(3, 4, 21);
+    const t = randomMatrix(3, 4, 22);
+    const teacher = tf.tensor2d(t);
+    const grad = tf.grad((x: tf.Tensor) => distillationLoss(x as tf.Tensor2D, teacher, tau))(tf.tensor2d(s));
+    const g = grad.arraySync() as number[][];
+    const softmax = (v: number[]) => {
+      const e = v.map((x) => Math.exp(x / tau));
+      const z = e.reduce((a, b) => a + b, 0);
+      return e.map((x) => x / z);
+    };
+    const h = 1e-3;
+    for (let b = 0; b < 3; b++) {
+      const ps = softmax(s[b]);
+      const pt = softmax(t[b]);
+      for (let y = 0; y < 4; y++) {
+        expect(g[b][y]).toBeCloseTo((tau * (ps[y] - pt[y])) / 3, 5);
+        const plus = s.map((r) => [...r]);
+        const minus = s.map((r) => [...r]);
+        plus[b][y] += h;
+        minus[b][y] -= h;
+        expect(g[b][y]).toBeCloseTo((reference(plus, t, tau) - reference(minus, t, tau)) / (2 * h), 4);
+      }
+    }
+    tf.dispose([teacher, grad]);
+  });
+
+  it('refuses τ <= 0 and mismatched shapes, and leaks nothing', () => {
+    const a = tf.zeros([2, 3]) as tf.Tensor2D;
+    const wide = tf.zeros([2, 4]) as tf.Tensor2D;
+    const before = tf.memory().numTensors;
+    expect(() => distillationLoss(a, a, 0)).toThrow('distillationLoss: temperature must be a positive finite number, got 0');
+    expect(() => distillationLoss(a, wide, 1)).toThrow(/must both be \[B, K\]/);
+    distillationLoss(a, a, 1).dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([a, wide]);
   });
 });
