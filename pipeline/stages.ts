@@ -6,6 +6,7 @@ import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
 import type { DatasetManifest } from '../data/manifest.ts';
 import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
+import { DISTILL_DEFAULTS, distill } from '../stages/distill.ts';
 import { EVALUATE_DEFAULTS, evaluate, type EvaluateResult } from '../stages/evaluate.ts';
 import { FINETUNE_DEFAULTS, finetune } from '../stages/finetune.ts';
 import { PRETRAIN_DEFAULTS, pretrain } from '../stages/pretrain.ts';
@@ -179,6 +180,29 @@ const finetuneOptions = defineOptions({
   evalEvery: { type: 'int', default: f.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
 });
 
+const dd = DISTILL_DEFAULTS;
+const distillOptions = defineOptions({
+  data: { type: 'string', describe: 'images the student learns on, labeled or not (default: RUN_DIR/ingest)' },
+  teacher: { type: 'string', describe: 'the fine-tuned teacher: a finetune stage directory (default: RUN_DIR/finetune)' },
+  student: { type: 'string', choices: Object.keys(ENCODERS), describe: "student encoder (default: the teacher's)" },
+  studentWidth: { type: 'number', default: dd.studentWidth, min: 0, exclusiveMin: true, describe: 'student width multiplier (0.5: about a quarter of the convolution weights)' },
+  studentHeadLayers: { type: 'int', min: 0, describe: "head blocks under the student's classifier (default: the teacher's)" },
+  temperature: { type: 'number', default: dd.temperature, min: 0, exclusiveMin: true, describe: 'distillation temperature τ (loss τ²·CE(P_T, P_S))' },
+  alpha: { type: 'number', default: dd.alpha, min: 0, max: 1, describe: 'weight of cross-entropy on the labeled ids: (1 − α)·distill + α·CE' },
+  labels: { type: 'string', describe: "labeled ids for α > 0 (default: the teacher's labeled-ids.txt)" },
+  teacherMode: { type: 'string', default: dd.teacherMode, choices: ['cached', 'online'], describe: "cached: the teacher's stored logits of the un-augmented image; online: the teacher on the student's view" },
+  holdout: { type: 'int', default: dd.holdout, min: 0, describe: 'leave out the last N labeled images per class (the test split), scored as held-out accuracy' },
+  epochs: { type: 'int', default: dd.epochs, min: 1, describe: 'passes over the images' },
+  batchSize: { type: 'int', default: dd.batchSize, min: 2, describe: 'images per step' },
+  lr: { type: 'number', default: dd.lr, min: 0, exclusiveMin: true, describe: 'base learning rate, × √batch' },
+  optimizer: { type: 'string', default: dd.optimizer, choices: OPTIMIZER_NAMES, describe: 'optimizer' },
+  weightDecay: { type: 'number', default: dd.weightDecay, min: 0, describe: 'L2 weight decay (not on batch norm or biases)' },
+  momentum: { type: 'number', default: dd.momentum, min: 0, max: 0.999, describe: 'momentum' },
+  resume: { type: 'boolean', default: dd.resume, describe: 'continue from the last checkpoint of this stage' },
+  logEvery: { type: 'int', default: dd.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
+  evalEvery: { type: 'int', default: dd.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
+});
+
 const e = EVALUATE_DEFAULTS;
 const evaluateOptions = defineOptions({
   data: { type: 'string', describe: 'test images dataset (default: RUN_DIR/ingest, with --holdout its last N images per class)' },
@@ -321,6 +345,34 @@ export const STAGES: Record<string, StageDefinition> = {
       });
       return {
         outputs: [{ path: result.checkpoint }, { path: result.metricsFile }, { path: result.labeledIds, rows: result.metrics.labeled }],
+        metrics: finiteMetrics(result.metrics),
+        extra: { classes: result.classes },
+      };
+    },
+  }),
+  distill: defineStage({
+    describe: "distil the fine-tuned teacher into a student on the images (teacher logits cached in RUN_DIR/distill/teacher-logits) → RUN_DIR/distill/checkpoint",
+    options: distillOptions,
+    volatile: ['workers', 'resume', 'logEvery'],
+    inputs: async (config, runDir) => {
+      const paths = [config.data ?? join(runDir, 'ingest'), join(config.teacher ?? join(runDir, 'finetune'), 'checkpoint', 'checkpoint.json')];
+      if (config.labels !== undefined && parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
+      return paths;
+    },
+    run: async (ctx, env) => {
+      const c = ctx.config;
+      const result = await distill({
+        ...c,
+        data: c.data ?? join(ctx.runDir, 'ingest'),
+        teacher: c.teacher ?? join(ctx.runDir, 'finetune'),
+        outDir: ctx.stageDir,
+        force: ctx.force,
+        signal: env.signal,
+        onBackend: ctx.setBackend,
+        ...trainingProgress('distill', env),
+      });
+      return {
+        outputs: [{ path: result.checkpoint }, { path: result.metricsFile }, { path: result.teacherLogits, rows: result.metrics.images }],
         metrics: finiteMetrics(result.metrics),
         extra: { classes: result.classes },
       };

@@ -42,6 +42,23 @@ describe('pipeline run finetune', () => {
     expect(more.err).toMatch(/holds the checkpoint of an earlier run .*--resume, or start over with --force/);
   });
 
+  it('distils the fine-tuned teacher and evaluates teacher, student and encoder side by side', async () => {
+    const di = await run(['run', 'distill', '--run-dir', runDir, '--data', data, '--holdout', '2', '--epochs', '1', ...small]);
+    expect(di.code, di.err).toBe(0);
+    expect(JSON.parse(di.out)).toMatchObject({ stage: 'distill', status: 'completed', metrics: { images: 24, epochs: 1 } });
+    for (const [checkpoint, dir, metric] of [['finetune', 'evaluate-finetune', 'accuracy'], ['distill', 'evaluate-distill', 'accuracy'], ['pretrain', 'evaluate-pretrain', 'knn_accuracy']]) {
+      const ev = await run(['run', 'evaluate', '--run-dir', runDir, '--data', data, '--holdout', '2', '--checkpoint', join(runDir, checkpoint), '--knn-k', '5', '--backend', 'wasm', '--json']);
+      expect(ev.code, ev.err).toBe(0);
+      const manifest = JSON.parse(await readFile(join(runDir, dir, 'manifest.json'), 'utf8'));
+      expect(manifest).toMatchObject({ stage: dir, command: 'evaluate', status: 'completed' });
+      expect(manifest.metrics[metric]).toBeGreaterThanOrEqual(0);
+      expect(manifest.metrics.images).toBe(8);
+    }
+    const classifier = JSON.parse(await readFile(join(runDir, 'evaluate-finetune', 'manifest.json'), 'utf8'));
+    expect(Object.keys(classifier.metrics.per_class_accuracy)).toHaveLength(4);
+    expect(classifier.confusion).toHaveLength(4);
+  });
+
   it.each([
     [['--labels', '0%'], /--labels 0%: a percentage must be in \(0, 100\]/],
     [['--labels', '9-per-class'], /finetune.labels 9-per-class: class \S+ has only 8 labeled images, 9 wanted/],

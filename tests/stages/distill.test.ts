@@ -1,0 +1,84 @@
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { readDataset, readManifest } from '../../data/manifest.ts';
+import { distill, type DistillOptions } from '../../stages/distill.ts';
+import { evaluate } from '../../stages/evaluate.ts';
+import { finetune } from '../../stages/finetune.ts';
+import { pretrain } from '../../stages/pretrain.ts';
+import { TrainingInterruptedError } from '../../stages/training/loop.ts';
+import { plainTfjsPredict, tinyImagesDataset } from '../helpers.ts';
+
+describe('distill stage', () => {
+  let data: string;
+  let pretrainDir: string;
+  let teacherDir: string;
+  let common: DistillOptions;
+  beforeAll(async () => {
+    data = await tinyImagesDataset({ perClass: 12, size: 8 });
+    pretrainDir = await mkdtemp(join(tmpdir(), 'di-pretrain-'));
+    await pretrain({ data, outDir: pretrainDir, epochs: 1, batchSize: 8, headLayers: 2, projectionDim: 16, backend: 'wasm', workers: 1, seed: 1 });
+    teacherDir = await mkdtemp(join(tmpdir(), 'di-teacher-'));
+    await finetune({ data, outDir: teacherDir, pretrained: pretrainDir, labels: '4-per-class', holdout: 2, epochs: 3, batchSize: 8, backend: 'wasm', workers: 1 });
+    common = { data, outDir: '', teacher: teacherDir, holdout: 2, epochs: 2, batchSize: 8, backend: 'wasm', workers: 1, seed: 3 };
+  });
+
+  it('caches the teacher logits, trains a self-distilled student, reuses the logits, leaks nothing', async () => {
+    const outDir = await mkdtemp(join(tmpdir(), 'di-self-'));
+    const before = tf.memory().numTensors;
+    const lines: string[] = [];
+    const result = await distill({ ...common, outDir, log: (l) => lines.push(l) });
+    expect(tf.memory().numTensors).toBe(before);
+    // 40 training images (12 − 2 held out, × 4), batch 8: 5 steps an epoch.
+    expect(result.metrics).toMatchObject({ epochs: 2, steps: 10, images: 40 });
+    expect(result.metrics.parameters).toBe(result.metrics.teacher_parameters);
+    expect(Number.isInteger(result.metrics.accuracy! * 8)).toBe(true);
+    // The logits dataset: one row per training image, the teacher's own outputs.
+    const manifest = await readManifest(result.teacherLogits);
+    expect(manifest).toMatchObject({ schema: 'logits', rows: 40, dim: 4 });
+    expect(manifest.teacher_sha256).toMatch(/^[0-9a-f]{64}$/);
+    const stored: number[] = [];
+    for await (const b of readDataset<'logits'>(result.teacherLogits, { schema: 'logits' })) stored.push(...b.columns.logits);
+    expect(stored.some((v) => v !== 0)).toBe(true);
+    // The student's checkpoint is a classifier plain tfjs loads, and evaluate scores.
+    expect((await plainTfjsPredict(join(outDir, 'checkpoint', 'classifier'), 8)).y).toHaveLength(8);
+    const scored = await evaluate({ data, checkpoint: outDir, outDir: await mkdtemp(join(tmpdir(), 'di-eval-')), holdout: 2, backend: 'wasm' });
+    expect(scored.metrics.accuracy).toBeCloseTo(result.metrics.accuracy!, 10);
+    expect(JSON.parse(await readFile(join(outDir, 'classes.json'), 'utf8'))).toHaveLength(4);
+    // A second run with the same teacher and data reuses the logits.
+    const again: string[] = [];
+    await distill({ ...common, outDir, epochs: 1, force: true, log: (l) => again.push(l) });
+    expect(again.join('\n')).toMatch(/teacher logits reused/);
+  });
+
+  it('trains a smaller student, and online mode, and resumes to the same weights', async () => {
+    const small = await distill({ ...common, outDir: await mkdtemp(join(tmpdir(), 'di-small-')), studentWidth: 0.5, studentHeadLayers: 0, teacherMode: 'online', epochs: 1 });
+    expect(small.metrics.parameters).toBeLessThan(small.metrics.teacher_parameters / 2);
+
+    const straight = await mkdtemp(join(tmpdir(), 'di-straight-'));
+    await distill({ ...common, outDir: straight, alpha: 0.5 });
+    const dir = await mkdtemp(join(tmpdir(), 'di-resumed-'));
+    const controller = new AbortController();
+    let steps = 0;
+    await expect(distill({ ...common, outDir: dir, alpha: 0.5, signal: controller.signal, onProgress: ({ step }) => void (step > 0 && ++steps === 7 && controller.abort()) })).rejects.toThrow(TrainingInterruptedError);
+    await distill({ ...common, outDir: dir, alpha: 0.5, resume: true });
+    const weights = async (d: string) => (await plainTfjsPredict(join(d, 'checkpoint', 'classifier'), 8)).y;
+    expect(await weights(dir)).toEqual(await weights(straight));
+  });
+
+  it.each([
+    [{ teacher: '' }, /distill.teacher : no checkpoint there/],
+    [{ alpha: 1.5 }, 'distill.alpha must be in [0, 1], got 1.5'],
+    [{ temperature: 0 }, 'distill.temperature must be > 0, got 0'],
+    [{ student: 'resnet99' }, /distill.student must be one of .*resnet20.*, got "resnet99"/],
+    [{ studentWidth: 0.01 }, /distill.student: encoder.width 0.01 leaves resnet20 a layer with no channels/],
+  ])('refuses %j with one line', async (bad, message) => {
+    await expect(distill({ ...common, outDir: await mkdtemp(join(tmpdir(), 'di-bad-')), ...bad })).rejects.toThrow(message);
+  });
+
+  it('refuses a teacher that is not a classifier', async () => {
+    await expect(distill({ ...common, outDir: await mkdtemp(join(tmpdir(), 'di-bad-')), teacher: pretrainDir })).rejects.toThrow(/holds \[encoder, head\], not a classifier/);
+  });
+});
