@@ -6,7 +6,7 @@ import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
 import type { DatasetManifest } from '../data/manifest.ts';
 import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
-import { DISTILL_DEFAULTS, distill } from '../stages/distill.ts';
+import { DISTILL_DEFAULTS, distill, teacherLogitsPart } from '../stages/distill.ts';
 import { EVALUATE_DEFAULTS, evaluate, type EvaluateResult } from '../stages/evaluate.ts';
 import { FINETUNE_DEFAULTS, finetune } from '../stages/finetune.ts';
 import { PRETRAIN_DEFAULTS, pretrain } from '../stages/pretrain.ts';
@@ -201,6 +201,8 @@ const distillOptions = defineOptions({
   resume: { type: 'boolean', default: dd.resume, describe: 'continue from the last checkpoint of this stage' },
   logEvery: { type: 'int', default: dd.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
   evalEvery: { type: 'int', default: dd.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
+  shardIndex: { type: 'int', min: 0, describe: "a part job of the teacher pass: this job's part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)" },
+  numShards: { type: 'int', min: 1, describe: 'parts of the teacher pass; > 1: compute this part of the teacher logits and stop (default $SLURM_ARRAY_TASK_COUNT or 1)' },
 });
 
 const e = EVALUATE_DEFAULTS;
@@ -359,12 +361,24 @@ export const STAGES: Record<string, StageDefinition> = {
       if (config.labels !== undefined && parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
       return paths;
     },
+    // A part job of the teacher pass has its own manifest; the logits go to RUN_DIR/distill/teacher-logits.
+    dirName: (config) => {
+      const { shardIndex, numShards } = shardFromEnvironment(config);
+      return numShards > 1 ? `distill-part-${shardIndex}-of-${numShards}` : 'distill';
+    },
     run: async (ctx, env) => {
       const c = ctx.config;
+      const { shardIndex, numShards } = shardFromEnvironment(c);
+      const data = c.data ?? join(ctx.runDir, 'ingest');
+      const teacher = c.teacher ?? join(ctx.runDir, 'finetune');
+      if (numShards > 1) {
+        const part = await teacherLogitsPart({ data, teacher, outDir: join(ctx.runDir, 'distill'), shardIndex, numShards, backend: c.backend, log: env.log, onBackend: ctx.setBackend });
+        return { outputs: [{ path: part.teacherLogits }], metrics: { logits_shards_computed: part.computed, logits_shards_reused: part.reused } };
+      }
       const result = await distill({
         ...c,
-        data: c.data ?? join(ctx.runDir, 'ingest'),
-        teacher: c.teacher ?? join(ctx.runDir, 'finetune'),
+        data,
+        teacher,
         outDir: ctx.stageDir,
         force: ctx.force,
         signal: env.signal,

@@ -5,13 +5,13 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
-import { writeFileAtomic } from '../data/files.ts';
+import { exists, writeFileAtomic } from '../data/files.ts';
 import { holdoutSplit, parseLabelSpec, selectLabeled } from '../data/labels.ts';
 import { datasetHash, readDataset, readManifest, writeManifest, type DatasetManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import { epochPermutation } from '../data/random.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
-import { writeShards } from '../data/shards.ts';
+import { writeShards, type ShardFile } from '../data/shards.ts';
 import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
 import { buildClassifier, classifierLogits, classifierParts } from '../models/classifier.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
@@ -113,40 +113,95 @@ async function teacherHash(checkpointDir: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/** What one input shard's teacher logits were computed from; `logits-NNNNN.json` beside its shard. */
+interface LogitsPart {
+  input_sha256: string;
+  teacher_sha256: string;
+  shard: ShardFile;
+}
+
+const partFile = (dir: string, i: number) => join(dir, `logits-${String(i).padStart(5, '0')}.json`);
+
 /**
- * The teacher's logits of every image of `images` (inference mode, un-augmented), as a `logits`
- * dataset in `dir`; reused when its manifest records the same teacher and data hashes.
+ * The teacher's logits (inference mode, un-augmented images) for the input shards of this job's
+ * part (shard i where i mod numShards = shardIndex), one `logits` shard per input shard in `dir`,
+ * each recorded with the input shard's and the teacher's sha256: a shard already done for the same
+ * pair is skipped, so parts can run as separate jobs and later runs reuse unchanged shards.
  */
-async function teacherLogits(teacher: tf.LayersModel, images: InMemoryImages, dir: string, hashes: { teacher: string; data: string }, log: (line: string) => void): Promise<Float32Array> {
-  const k = images.classes.length;
-  try {
-    const m = await readManifest(dir);
-    if (m.teacher_sha256 === hashes.teacher && m.data_sha256 === hashes.data && m.rows === images.ids.length && m.dim === k) {
-      const out = new Float32Array(images.ids.length * k);
-      let row = 0;
-      for await (const batch of readDataset<'logits'>(dir, { schema: 'logits' })) {
-        out.set(batch.columns.logits, row * k);
-        row += batch.numRows;
-      }
-      log(`distill: teacher logits reused from ${dir} (same teacher and data)`);
-      return out;
-    }
-  } catch {
-    // none yet, or of another teacher or dataset: computed below
-  }
-  const t0 = performance.now();
-  const logits = embed(teacher, images.pixels, images.ids.length, images.height); // [N, K]
-  const values = logits.dataSync() as Float32Array;
-  logits.dispose();
+async function computeTeacherLogits(
+  teacher: tf.LayersModel,
+  all: InMemoryImages,
+  data: DatasetManifest,
+  dir: string,
+  teacherSha256: string,
+  part: { shardIndex: number; numShards: number },
+  log: (line: string) => void,
+): Promise<{ computed: number; reused: number }> {
   await mkdir(dir, { recursive: true });
-  const info = schemaInfo('logits', { dim: k }, images.classes);
-  const shards = await writeShards({ dir, schema: info }, [{ id: images.ids, label: Array.from(images.labels, (l) => (l < 0 ? null : l)), logits: values }]);
-  const counts: Record<string, number> = Object.fromEntries(images.classes.map((c) => [c, 0]));
-  for (const l of images.labels) if (l >= 0) counts[images.classes[l]]++;
-  const manifest: DatasetManifest = { schema_version: SCHEMA_VERSION, schema: 'logits', rows: images.ids.length, classes: images.classes, class_counts: counts, dim: k, shards, teacher_sha256: hashes.teacher, data_sha256: hashes.data };
+  const k = all.classes.length;
+  const info = schemaInfo('logits', { dim: k }, all.classes);
+  const per = all.height * all.width * 3;
+  let start = 0;
+  let computed = 0;
+  let reused = 0;
+  const t0 = performance.now();
+  for (const [i, input] of data.shards.entries()) {
+    const rows = { from: start, to: start + input.rows };
+    start = rows.to;
+    if (i % part.numShards !== part.shardIndex) continue;
+    const done = await readPart(partFile(dir, i));
+    if (done && done.input_sha256 === input.sha256 && done.teacher_sha256 === teacherSha256 && (await exists(join(dir, done.shard.path)))) {
+      reused++;
+      continue;
+    }
+    const logits = embed(teacher, all.pixels.subarray(rows.from * per, rows.to * per), input.rows, all.height); // [rows, K]
+    const values = logits.dataSync() as Float32Array;
+    logits.dispose();
+    const ids = all.ids.slice(rows.from, rows.to);
+    const labels = Array.from(all.labels.subarray(rows.from, rows.to), (l) => (l < 0 ? null : l));
+    const [shard, ...more] = await writeShards({ dir, schema: info, prefix: `logits-${String(i).padStart(5, '0')}`, maxRows: Math.max(1, input.rows) }, [{ id: ids, label: labels, logits: values }]);
+    if (more.length > 0) throw new Error(`distill: the logits of input shard ${i} did not fit one shard`);
+    await writeFileAtomic(partFile(dir, i), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard } satisfies LogitsPart) + '\n');
+    computed++;
+  }
+  log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${dir}`);
+  return { computed, reused };
+}
+
+async function readPart(path: string): Promise<LogitsPart | null> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as LogitsPart;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Every input shard's teacher logits in dataset order, once all parts are done: writes the logits
+ * dataset's manifest.json and reads the logits back through it (so they are verified like any
+ * dataset). A part that is missing or of another teacher or input is named.
+ */
+async function collectTeacherLogits(all: InMemoryImages, data: DatasetManifest, dir: string, hashes: { teacher: string; data: string }): Promise<Float32Array> {
+  const shards: ShardFile[] = [];
+  const missing: number[] = [];
+  for (const [i, input] of data.shards.entries()) {
+    const done = await readPart(partFile(dir, i));
+    if (!done || done.input_sha256 !== input.sha256 || done.teacher_sha256 !== hashes.teacher) missing.push(i);
+    else shards.push(done.shard);
+  }
+  if (missing.length > 0) throw new TrainingInputError(`distill: teacher logits missing for input shard(s) ${missing.join(', ')} in ${dir}; run the parts (--shard-index/--num-shards) or distill without them`);
+  const k = all.classes.length;
+  const counts: Record<string, number> = Object.fromEntries(all.classes.map((c) => [c, 0]));
+  for (const l of all.labels) if (l >= 0) counts[all.classes[l]]++;
+  const manifest: DatasetManifest = { schema_version: SCHEMA_VERSION, schema: 'logits', rows: all.ids.length, classes: all.classes, class_counts: counts, dim: k, shards, teacher_sha256: hashes.teacher, data_sha256: hashes.data };
   await writeManifest(dir, manifest);
-  log(`distill: teacher logits of ${images.ids.length} images in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${dir}`);
-  return values;
+  const out = new Float32Array(all.ids.length * k);
+  let row = 0;
+  for await (const batch of readDataset<'logits'>(dir, { schema: 'logits' })) {
+    out.set(batch.columns.logits, row * k);
+    row += batch.numRows;
+  }
+  return out;
 }
 
 const countParameters = (model: tf.LayersModel) => model.countParams();
@@ -209,10 +264,13 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     const head = buildProjectionHead({ inputDim: encoder.outputs[0].shape[1] as number, layers: studentHeadLayers + 1, seed: r.seed + 7919 });
     student = buildClassifier(encoder, head, studentHeadLayers, k);
 
-    const hashes = { teacher: await teacherHash(teacherDir), data: datasetHash(await readManifest(r.data)) };
+    const dataManifest = await readManifest(r.data);
+    const hashes = { teacher: await teacherHash(teacherDir), data: datasetHash(dataManifest) };
     const logitsDir = join(r.outDir, 'teacher-logits');
-    const cached = await teacherLogits(teacher, images, logitsDir, hashes, log);
-    const rowOf = new Map(images.ids.map((id, i) => [id, i]));
+    // Every input shard not yet done (by part jobs or an earlier run) is computed here.
+    await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
+    const cached = await collectTeacherLogits({ ...all, classes }, dataManifest, logitsDir, hashes);
+    const rowOf = new Map(all.ids.map((id, i) => [id, i]));
     // Labeled ids for the α·CE term.
     let labelOf = new Map<string, number>();
     if (r.alpha > 0) {
@@ -348,5 +406,47 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     teacher.dispose();
     student?.dispose();
     optimizer?.dispose();
+  }
+}
+
+export interface TeacherLogitsPartOptions {
+  data: string;
+  teacher: string;
+  /** The distill stage directory; the logits go to its teacher-logits/. */
+  outDir: string;
+  /** Input shards i with i mod numShards = shardIndex are this job's. */
+  shardIndex: number;
+  numShards: number;
+  backend?: BackendName;
+  log?: (line: string) => void;
+  onBackend?: (name: string) => void;
+}
+
+/**
+ * One part job of distillation's teacher pass (a Kubernetes Indexed Job or Slurm array task):
+ * the teacher's logits of this part's input shards, skipping those already done. A later
+ * `distill` without parts finds them and trains.
+ */
+export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Promise<{ teacherLogits: string; computed: number; reused: number; backend: string }> {
+  const { shardIndex, numShards } = options;
+  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`distill.numShards must be an integer >= 1, got ${numShards}`);
+  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`distill.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+  const log = options.log ?? (() => {});
+  const teacherDir = await teacherCheckpoint(options.teacher);
+  const peek = await loadCheckpoint(teacherDir, { models: [] });
+  if (!peek.available.includes('classifier')) throw new TrainingInputError(`distill.teacher ${teacherDir}: holds [${peek.available.join(', ')}], not a classifier (give a finetune stage directory)`);
+  const classes = (peek.state as { config?: { classes?: string[] } }).config?.classes;
+  if (!classes) throw new TrainingInputError(`distill.teacher ${teacherDir}: the checkpoint does not record its classes`);
+  const backend = await useBackend(options.backend ?? 'auto', log);
+  options.onBackend?.(backend.name);
+  const all = await loadImages(options.data);
+  const dataManifest = await readManifest(options.data);
+  const teacher = (await loadCheckpoint(teacherDir, { models: ['classifier'] })).models.classifier;
+  try {
+    const logitsDir = join(options.outDir, 'teacher-logits');
+    const done = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, await teacherHash(teacherDir), { shardIndex, numShards }, log);
+    return { teacherLogits: logitsDir, ...done, backend: backend.name };
+  } finally {
+    teacher.dispose();
   }
 }

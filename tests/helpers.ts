@@ -59,7 +59,7 @@ export function seededValues(n: number, seed: number): Float32Array {
 }
 
 /** A tiny labeled images dataset written straight to shards: 4 synthetic classes × perClass images of `size` px. */
-export async function tinyImagesDataset({ perClass, size, seed = 7 }: { perClass: number; size: number; seed?: number }): Promise<string> {
+export async function tinyImagesDataset({ perClass, size, seed = 7, maxRows }: { perClass: number; size: number; seed?: number; maxRows?: number }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'tiny-images-'));
   const classes = SYNTHETIC_CLASSES.slice(0, 4);
   const random = mulberry32(seed);
@@ -74,7 +74,7 @@ export async function tinyImagesDataset({ perClass, size, seed = 7 }: { perClass
     }
   });
   const info = schemaInfo('images', { imageShape: [size, size, 3] }, [...classes]);
-  const shards = await writeShards({ dir, schema: info }, [{ id: ids, label: labels, image: pixels }]);
+  const shards = await writeShards({ dir, schema: info, ...(maxRows ? { maxRows } : {}) }, [{ id: ids, label: labels, image: pixels }]);
   await writeManifest(dir, {
     schema_version: SCHEMA_VERSION,
     schema: 'images',

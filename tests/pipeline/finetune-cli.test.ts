@@ -46,6 +46,15 @@ describe('pipeline run finetune', () => {
     const di = await run(['run', 'distill', '--run-dir', runDir, '--data', data, '--holdout', '2', '--epochs', '1', ...small]);
     expect(di.code, di.err).toBe(0);
     expect(JSON.parse(di.out)).toMatchObject({ stage: 'distill', status: 'completed', metrics: { images: 24, epochs: 1 } });
+    // A part job of the teacher pass (here from a Kubernetes Indexed Job's environment) has its own manifest and reuses the done shard.
+    process.env.JOB_COMPLETION_INDEX = '0';
+    try {
+      const part = await run(['run', 'distill', '--run-dir', runDir, '--data', data, '--num-shards', '2', ...small]);
+      expect(part.code, part.err).toBe(0);
+      expect(JSON.parse(part.out)).toMatchObject({ stage: 'distill-part-0-of-2', metrics: { logits_shards_computed: 0, logits_shards_reused: 1 } });
+    } finally {
+      delete process.env.JOB_COMPLETION_INDEX;
+    }
     for (const [checkpoint, dir, metric] of [['finetune', 'evaluate-finetune', 'accuracy'], ['distill', 'evaluate-distill', 'accuracy'], ['pretrain', 'evaluate-pretrain', 'knn_accuracy']]) {
       const ev = await run(['run', 'evaluate', '--run-dir', runDir, '--data', data, '--holdout', '2', '--checkpoint', join(runDir, checkpoint), '--knn-k', '5', '--backend', 'wasm', '--json']);
       expect(ev.code, ev.err).toBe(0);

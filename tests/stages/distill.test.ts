@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { readDataset, readManifest } from '../../data/manifest.ts';
-import { distill, type DistillOptions } from '../../stages/distill.ts';
+import { distill, teacherLogitsPart, type DistillOptions } from '../../stages/distill.ts';
 import { evaluate } from '../../stages/evaluate.ts';
 import { finetune } from '../../stages/finetune.ts';
 import { pretrain } from '../../stages/pretrain.ts';
@@ -35,9 +35,9 @@ describe('distill stage', () => {
     expect(result.metrics).toMatchObject({ epochs: 2, steps: 10, images: 40 });
     expect(result.metrics.parameters).toBe(result.metrics.teacher_parameters);
     expect(Number.isInteger(result.metrics.accuracy! * 8)).toBe(true);
-    // The logits dataset: one row per training image, the teacher's own outputs.
+    // The logits dataset: one row per image of the dataset (held-out ones too: the pass maps over its shards).
     const manifest = await readManifest(result.teacherLogits);
-    expect(manifest).toMatchObject({ schema: 'logits', rows: 40, dim: 4 });
+    expect(manifest).toMatchObject({ schema: 'logits', rows: 48, dim: 4 });
     expect(manifest.teacher_sha256).toMatch(/^[0-9a-f]{64}$/);
     const stored: number[] = [];
     for await (const b of readDataset<'logits'>(result.teacherLogits, { schema: 'logits' })) stored.push(...b.columns.logits);
@@ -50,7 +50,7 @@ describe('distill stage', () => {
     // A second run with the same teacher and data reuses the logits.
     const again: string[] = [];
     await distill({ ...common, outDir, epochs: 1, force: true, log: (l) => again.push(l) });
-    expect(again.join('\n')).toMatch(/teacher logits reused/);
+    expect(again.join('\n')).toMatch(/teacher logits: 0 input shard\(s\) computed, 1 reused/);
   });
 
   it('trains a smaller student, and online mode, and resumes to the same weights', async () => {
@@ -66,6 +66,33 @@ describe('distill stage', () => {
     await distill({ ...common, outDir: dir, alpha: 0.5, resume: true });
     const weights = async (d: string) => (await plainTfjsPredict(join(d, 'checkpoint', 'classifier'), 8)).y;
     expect(await weights(dir)).toEqual(await weights(straight));
+  });
+
+  it('maps the teacher pass over input shards in parts; distill reuses every part', async () => {
+    const sharded = await tinyImagesDataset({ perClass: 12, size: 8, maxRows: 16 }); // 48 rows: 3 shards
+    expect((await readManifest(sharded)).shards).toHaveLength(3);
+    const outDir = await mkdtemp(join(tmpdir(), 'di-parts-'));
+    const part0 = await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 0, numShards: 2, backend: 'wasm' });
+    const part1 = await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 1, numShards: 2, backend: 'wasm' });
+    expect([part0.computed, part1.computed]).toEqual([2, 1]);
+    expect((await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 1, numShards: 2, backend: 'wasm' })).reused).toBe(1);
+    const lines: string[] = [];
+    await distill({ ...common, data: sharded, outDir, epochs: 1, log: (l) => lines.push(l) });
+    expect(lines.join('\n')).toMatch(/teacher logits: 0 input shard\(s\) computed, 3 reused/);
+    const logits = await readManifest(join(outDir, 'teacher-logits'));
+    expect(logits).toMatchObject({ schema: 'logits', rows: 48 });
+    expect(logits.shards).toHaveLength(3);
+    // The same logits as one pass over the whole dataset computes.
+    const whole = await mkdtemp(join(tmpdir(), 'di-whole-'));
+    await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir: whole, shardIndex: 0, numShards: 1, backend: 'wasm' });
+    const read = async (dir: string) => {
+      const values: number[] = [];
+      for await (const b of readDataset<'logits'>(dir, { schema: 'logits' })) values.push(...b.columns.logits);
+      return values;
+    };
+    await distill({ ...common, data: sharded, outDir: whole, epochs: 1 });
+    expect(await read(join(whole, 'teacher-logits'))).toEqual(await read(join(outDir, 'teacher-logits')));
+    await expect(teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 2, numShards: 2 })).rejects.toThrow('distill.shardIndex must be in [0, numShards = 2), got 2');
   });
 
   it.each([
