@@ -2,7 +2,7 @@
 // balanced and seed-deterministic, or read from an id list; written as labeled-ids.txt for reuse.
 import { readFile } from 'node:fs/promises';
 import { seededPermutation } from './random.ts';
-import { splitCsvLine } from './scan.ts';
+import { csvField, splitCsvLine } from './csv.ts';
 
 /** A bad `--labels` value, ids file or dataset for it; the CLI exits 2 with its one-line message. */
 export class LabelSubsetInputError extends Error {
@@ -168,11 +168,6 @@ async function fromFile(data: LabeledRows, path: string, flag: string): Promise<
 /** labeled-ids.txt: a CSV with header `id,label` (class names), readable back as an ids file. */
 export function formatLabeledIds(data: LabeledRows, chosen: LabeledSubset): string {
   return 'id,label\n' + chosen.rows.map((r, i) => `${csvField(data.ids[r])},${csvField(data.classes[chosen.labels[i]])}\n`).join('');
-}
-
-/** A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break. */
-function csvField(value: string): string {
-  return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
 }
 
 /**

@@ -2,6 +2,7 @@
 // (`path,label`), turned into one deterministic, sorted list of {id, path, label}.
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { splitCsvLine } from './csv.ts';
 
 /** Extensions taken as images (case-insensitive); other files are counted as ignored, not decoded. */
 const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif', '.heic', '.heif', '.jp2', '.jxl', '.svg'];
@@ -110,29 +111,6 @@ async function scanImageFolder(root: string, options: ScanOptions = {}): Promise
   return { kind: 'folder', entries, classes, rejected, ignored };
 }
 
-/** Splits one CSV line (RFC 4180 quoting: "a,b" and "" for a quote). */
-export function splitCsvLine(line: string): string[] | null {
-  const cells: string[] = [];
-  let cell = '';
-  let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const ch = line[i];
-    if (quoted) {
-      if (ch === '"' && line[i + 1] === '"') {
-        cell += '"';
-        i++;
-      } else if (ch === '"') quoted = false;
-      else cell += ch;
-    } else if (ch === '"' && cell === '') quoted = true;
-    else if (ch === ',') {
-      cells.push(cell);
-      cell = '';
-    } else cell += ch;
-  }
-  if (quoted) return null;
-  cells.push(cell);
-  return cells;
-}
 
 /**
  * Scans a CSV list with a header `path` or `path,label`. Paths are relative to the CSV's folder

@@ -2,6 +2,7 @@
 // 0 success, 1 the stage failed at run time, 2 bad usage, config or input.
 import yargs, { type Argv } from 'yargs';
 import { join, resolve } from 'node:path';
+import { BACKEND_NAMES, type BackendName } from '../models/engine/backend.ts';
 import { COMMON_OPTIONS, ConfigError, configRunDir, kebab, loadConfigFile, resolveConfig, type OptionSpec, type OptionSpecs } from './config.ts';
 import { runStage } from './runner.ts';
 import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
@@ -173,6 +174,50 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
           },
         )
         .demandCommand(1, 'choose: augment preview'),
+    )
+    .command(
+      'predict',
+      'apply a trained classifier to new images: one row per image (id, top-k classes and probabilities)',
+      (y) =>
+        y
+          .option('checkpoint', { type: 'string', demandOption: true, describe: 'a finetune, baseline or distill stage directory (or its checkpoint/)' })
+          .option('input', { type: 'string', demandOption: true, describe: 'image folder, CSV list (path[,label]) or images dataset' })
+          .option('out', { type: 'string', demandOption: true, describe: 'FILE.csv (top-k classes) or FILE.arrow (a predictions shard, all probabilities)' })
+          .option('top-k', { type: 'number', default: 3, describe: 'classes per row in the CSV' })
+          .option('batch-size', { type: 'number', default: 256, describe: 'images per inference batch' })
+          .option('workers', { type: 'number', describe: 'decoding threads (default: cores)' })
+          .option('backend', { type: 'string', default: 'auto', choices: BACKEND_NAMES, describe: 'compute backend' })
+          .example('$0 predict --checkpoint runs/cifar/distill --input new-images/ --out predictions.csv', 'the nightly job on the day\'s new images'),
+      async (argv) => {
+        const { predict } = await import('../stages/predict.ts');
+        const { createProgress } = await import('./progress.ts');
+        let progress: ReturnType<typeof createProgress> | null = null;
+        let phase = '';
+        const result = await predict({
+          checkpoint: argv.checkpoint as string,
+          input: argv.input as string,
+          out: resolve(argv.out as string),
+          topK: argv.topK as number,
+          batchSize: argv.batchSize as number,
+          workers: argv.workers as number | undefined,
+          backend: argv.backend as BackendName,
+          log: (line) => {
+            progress?.finish();
+            progress = null;
+            if (!argv.json || argv.verbose) io.stderr(line);
+          },
+          onProgress: (done, total, p) => {
+            if (progress === null || p !== phase) {
+              (progress as ReturnType<typeof createProgress> | null)?.finish();
+              phase = p;
+              progress = createProgress({ label: `predict ${p}`, total, unit: 'images', stream: io.stderrStream, quiet: Boolean(argv.json) });
+            }
+            progress.update(done);
+          },
+        });
+        (progress as ReturnType<typeof createProgress> | null)?.finish();
+        if (argv.json) io.stdout(JSON.stringify({ command: 'predict', out: result.out, rows: result.rows, rejected: result.rejected, rejected_list: result.rejectedPath, images_per_second: result.imagesPerSecond, backend: result.backend }));
+      },
     )
     .command(
       'inspect <path>',

@@ -3,6 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { csvField } from '../data/csv.ts';
 import { writeFileAtomic } from '../data/files.ts';
 import { holdoutSplit, parseLabelSpec, selectLabeled } from '../data/labels.ts';
 import { writeManifest, type DatasetManifest } from '../data/manifest.ts';
@@ -237,6 +238,5 @@ async function writeDataset<S extends 'predictions' | 'embeddings'>(dir: string,
 
 /** confusion.csv: a header of predicted classes, one row per true class. */
 function confusionCsv(classes: string[], confusion: number[][]): string {
-  const field = (v: string) => (/[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
-  return ['true\\predicted', ...classes].map(field).join(',') + '\n' + confusion.map((row, i) => [field(classes[i]), ...row].join(',')).join('\n') + '\n';
+  return ['true\\predicted', ...classes].map(csvField).join(',') + '\n' + confusion.map((row, i) => [csvField(classes[i]), ...row].join(',')).join('\n') + '\n';
 }

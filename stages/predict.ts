@@ -1,0 +1,150 @@
+// `pipeline predict`: a trained classifier applied to new images (a folder, a CSV list or an
+// images dataset), decoded exactly as ingest decodes them, one row per image → CSV or Arrow.
+import * as tf from '@tensorflow/tfjs';
+import { copyFile, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { csvField } from '../data/csv.ts';
+import { writeFileAtomic } from '../data/files.ts';
+import { MANIFEST_FILE, readManifest } from '../data/manifest.ts';
+import { loadImages, type InMemoryImages } from '../data/memory.ts';
+import { schemaInfo } from '../data/schemas.ts';
+import { writeShards } from '../data/shards.ts';
+import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { useBackend, type BackendName } from '../models/engine/backend.ts';
+import { embed } from '../models/simclr.ts';
+import { ingest } from './ingest.ts';
+import { withDefaults } from './options.ts';
+import { TrainingInputError } from './training/loop.ts';
+
+export interface PredictOptions {
+  /** A classifier: a finetune, baseline or distill stage directory, or its checkpoint/. */
+  checkpoint: string;
+  /** An image folder, a CSV list (path[,label]) or an images dataset directory. */
+  input: string;
+  /** FILE.csv (id, label, top-k classes and probabilities) or FILE.arrow (a predictions shard). */
+  out: string;
+  topK?: number;
+  /** Images per inference batch. */
+  batchSize?: number;
+  /** Decoding threads. */
+  workers?: number;
+  backend?: BackendName;
+  log?: (line: string) => void;
+  onProgress?: (done: number, total: number, phase: 'decode' | 'predict') => void;
+  onBackend?: (name: string) => void;
+}
+
+export interface PredictResult {
+  out: string;
+  rows: number;
+  /** Unusable input files, listed with their reasons in `rejectedPath` (next to `out`). */
+  rejected: number;
+  rejectedPath: string | null;
+  imagesPerSecond: number;
+  backend: string;
+}
+
+export const PREDICT_DEFAULTS = { topK: 3, batchSize: 256, backend: 'auto' } as const satisfies Partial<PredictOptions>;
+
+async function isDataset(path: string): Promise<boolean> {
+  return stat(join(path, MANIFEST_FILE)).then((s) => s.isFile(), () => false);
+}
+
+export async function predict(options: PredictOptions): Promise<PredictResult> {
+  const r = withDefaults(PREDICT_DEFAULTS, options);
+  if (!Number.isInteger(r.topK) || r.topK < 1) throw new TrainingInputError(`predict.topK must be an integer >= 1, got ${r.topK}`);
+  if (!Number.isInteger(r.batchSize) || r.batchSize < 1) throw new TrainingInputError(`predict.batchSize must be an integer >= 1, got ${r.batchSize}`);
+  const format = r.out.toLowerCase().endsWith('.csv') ? 'csv' : r.out.toLowerCase().endsWith('.arrow') ? 'arrow' : null;
+  if (format === null) throw new TrainingInputError(`predict.out ${r.out}: must end in .csv or .arrow`);
+  const log = r.log ?? (() => {});
+
+  let dir: string | null = null;
+  for (const candidate of [join(r.checkpoint, 'checkpoint'), r.checkpoint]) if ((await findCheckpoint(candidate)) !== null) dir ??= candidate;
+  if (dir === null) throw new TrainingInputError(`predict.checkpoint ${r.checkpoint}: no checkpoint there (give a finetune, baseline or distill stage directory)`);
+  const peek = await loadCheckpoint(dir, { models: [] });
+  if (!peek.available.includes('classifier')) throw new TrainingInputError(`predict.checkpoint ${dir}: holds [${peek.available.join(', ')}], not a classifier`);
+  const classes = (peek.state as { config?: { classes?: string[] } }).config?.classes;
+  if (!classes) throw new TrainingInputError(`predict.checkpoint ${dir}: the checkpoint does not record its classes`);
+
+  const backend = await useBackend(r.backend, log);
+  r.onBackend?.(backend.name);
+  const model = (await loadCheckpoint(dir, { models: ['classifier'] })).models.classifier;
+  const size = (model.inputs[0].shape as number[])[1];
+  const scratch = await mkdtemp(join(tmpdir(), 'predict-'));
+  try {
+    // New images go through ingest itself (into a scratch dataset), so they are decoded, resized and
+    // rejected exactly as training images were.
+    let images: InMemoryImages;
+    let rejected = 0;
+    let rejectedPath: string | null = null;
+    if (await isDataset(r.input)) {
+      const m = await readManifest(r.input);
+      if (m.schema !== 'images') throw new TrainingInputError(`predict.input ${r.input}: holds ${m.schema}, not images`);
+      images = await loadImages(r.input);
+      if (images.height !== size || images.width !== size) throw new TrainingInputError(`predict.input ${r.input}: ${images.height}x${images.width} px images, the classifier takes ${size}x${size} (give the image folder, which is resized as ingest does)`);
+    } else {
+      const decoded = await ingest({ input: r.input, outDir: scratch, size, workers: r.workers, log: () => {}, onProgress: (done, total) => r.onProgress?.(done, total, 'decode') }).catch((err: unknown) => {
+        if (err instanceof Error && err.name === 'IngestInputError') throw new TrainingInputError(`predict.input: ${err.message}`);
+        throw err;
+      });
+      rejected = decoded.rejected.length;
+      if (rejected > 0) {
+        rejectedPath = `${r.out}.rejected.jsonl`;
+        await copyFile(decoded.rejectedPath, rejectedPath);
+        log(`predict: ${rejected} unusable file(s) skipped, listed in ${rejectedPath}`);
+      }
+      if (decoded.rows === 0) throw new TrainingInputError(`predict.input ${r.input}: no readable image (${rejected} rejected${rejectedPath ? `, listed in ${rejectedPath}` : ''})`);
+      images = await loadImages(scratch);
+    }
+    const n = images.ids.length;
+    const k = classes.length;
+    const t0 = performance.now();
+    const probabilities = new Float32Array(n * k);
+    const per = size * size * 3;
+    for (let start = 0; start < n; start += r.batchSize) {
+      const count = Math.min(r.batchSize, n - start);
+      const logits = embed(model, images.pixels.subarray(start * per, (start + count) * per), count, size, r.batchSize); // [count, K]
+      probabilities.set(tf.tidy(() => tf.softmax(logits).dataSync() as Float32Array), start * k);
+      logits.dispose();
+      r.onProgress?.(start + count, n, 'predict');
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const predicted = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const p = probabilities.subarray(i * k, (i + 1) * k);
+      predicted[i] = p.indexOf(Math.max(...p));
+    }
+    // The input's label (a class folder or CSV label), by name, where it is one of the classifier's classes.
+    const index = new Map(classes.map((c, i) => [c, i]));
+    const labelOf = (i: number): number | null => (images.labels[i] >= 0 ? (index.get(images.classes[images.labels[i]]) ?? null) : null);
+    if (format === 'csv') {
+      const topK = Math.min(r.topK, k);
+      const header = ['id', 'label', ...Array.from({ length: topK }, (_, j) => [`class_${j + 1}`, `probability_${j + 1}`]).flat()];
+      const lines = [header.join(',')];
+      for (let i = 0; i < n; i++) {
+        const p = Array.from(probabilities.subarray(i * k, (i + 1) * k), (v, c) => [v, c] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+        const label = labelOf(i);
+        lines.push([csvField(images.ids[i]), label === null ? '' : csvField(classes[label]), ...p.slice(0, topK).flatMap(([v, c]) => [csvField(classes[c]), v.toFixed(6)])].join(','));
+      }
+      await writeFileAtomic(r.out, lines.join('\n') + '\n');
+    } else {
+      const info = schemaInfo('predictions', { dim: k }, classes);
+      const shardDir = await mkdtemp(join(dirname(r.out), '.predict-'));
+      try {
+        const [shard, ...more] = await writeShards({ dir: shardDir, schema: info, maxRows: Math.max(1, n) }, [
+          { id: images.ids, label: Array.from({ length: n }, (_, i) => labelOf(i)), predicted, probabilities },
+        ]);
+        if (more.length > 0) throw new Error('predict: the predictions did not fit one Arrow file');
+        await rename(join(shardDir, shard.path), r.out);
+      } finally {
+        await rm(shardDir, { recursive: true, force: true });
+      }
+    }
+    log(`predict: ${n} images → ${r.out} (${(n / seconds).toFixed(0)} images/s, backend ${backend.name})`);
+    return { out: r.out, rows: n, rejected, rejectedPath, imagesPerSecond: n / seconds, backend: backend.name };
+  } finally {
+    model.dispose();
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
