@@ -66,6 +66,8 @@ export interface OnnxModel {
   producer?: string;
   /** Further operator sets, e.g. { domain: 'com.microsoft.nchwc', version: 1 } for ORT's blocked-layout ops. */
   extraOpsets?: readonly { domain: string; version: number }[];
+  /** ModelProto.metadata_props: key → value strings a reader can look up (input layout, scaling, ...). */
+  metadata?: Readonly<Record<string, string>>;
 }
 
 const utf8 = new TextEncoder();
@@ -234,6 +236,12 @@ export function encodeModel(model: OnnxModel): Uint8Array {
     w.message(8, (m) => {
       m.string(1, domain);
       m.int(2, version);
+    });
+  }
+  for (const [key, value] of Object.entries(model.metadata ?? {})) {
+    w.message(14, (m) => {
+      m.string(1, key);
+      m.string(2, value);
     });
   }
   return w.finish();

@@ -1,0 +1,80 @@
+import { createRequire } from 'node:module';
+import * as tf from '@tensorflow/tfjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { buildClassifier } from '../../models/classifier.ts';
+import { useBackend } from '../../models/engine/backend.ts';
+import { exportOnnx } from '../../models/export-onnx.ts';
+import { buildSimclrModel } from '../../models/simclr.ts';
+import { seededValues } from '../helpers.ts';
+
+const require = createRequire(import.meta.url);
+const ort = (() => {
+  try {
+    return require('onnxruntime-node') as typeof import('onnxruntime-node');
+  } catch {
+    return null;
+  }
+})();
+
+/** Gives every weight (batch-norm statistics included) seeded non-trivial values, so folding is exercised. */
+function randomise(model: tf.LayersModel, seed: number): void {
+  model.layers.forEach((layer, i) => {
+    if ('layers' in layer) return randomise(layer as tf.LayersModel, seed + 100 * i);
+    const fresh = layer.getWeights().map((w, j) => {
+      const v = seededValues(w.size, seed + 31 * i + j);
+      // Variances must stay positive; everything else around 0 with scale ~0.3.
+      return tf.tensor(layer.getClassName() === 'BatchNormalization' && j === 3 ? v.map((x) => 0.5 + 0.4 * x) : v.map((x) => 0.3 * x), w.shape);
+    });
+    layer.setWeights(fresh);
+    tf.dispose(fresh);
+  });
+}
+
+describe.skipIf(ort === null)('exportOnnx', () => {
+  beforeAll(async () => {
+    await useBackend('cpu');
+  });
+
+  it.each([
+    ['resnet20', 16, 1],
+    ['resnet20', 16, 0],
+    // Above 64 px: the 7×7/2 stem and max-pool.
+    ['resnet18', 72, 1],
+  ])('%s at %i px from head layer %i: onnxruntime gives the tfjs logits within 1e-4', async (encoder, size, k) => {
+    const { encoder: enc, head } = buildSimclrModel({ encoder, inputSize: size, headLayers: 2, projectionDim: 8, seed: 1 });
+    const classifier = buildClassifier(enc, head, k, 5);
+    randomise(classifier, 7);
+    const batch = size > 64 ? 1 : 3;
+    const x = tf.tensor4d(seededValues(batch * size * size * 3, 9).map((v) => 0.5 + 0.5 * v), [batch, size, size, 3]);
+    const expected = Array.from((classifier.predict(x) as tf.Tensor).dataSync());
+    const bytes = exportOnnx(classifier, { metadata: { classes: '["a","b","c","d","e"]' } });
+    const session = await ort!.InferenceSession.create(bytes);
+    expect(session.inputNames).toEqual(['pixels']);
+    const result = await session.run({ pixels: new ort!.Tensor('float32', x.dataSync() as Float32Array, [batch, size, size, 3]) });
+    const got = Array.from(result.output.data as Float32Array);
+    expect(result.output.dims).toEqual([batch, 5]);
+    for (let i = 0; i < expected.length; i++) expect(Math.abs(got[i] - expected[i])).toBeLessThan(1e-4 * Math.max(1, Math.abs(expected[i])));
+    // Batch norm folded away: the graph has no BatchNormalization node left.
+    expect(Buffer.from(bytes).includes(Buffer.from('BatchNormalization'))).toBe(false);
+    expect(Buffer.from(bytes).includes(Buffer.from('input_layout'))).toBe(true);
+    x.dispose();
+    classifier.dispose();
+  });
+
+  it('exports an encoder alone (features out) and refuses a layer it does not know', async () => {
+    const { encoder, head } = buildSimclrModel({ encoder: 'resnet20', inputSize: 8, headLayers: 1, projectionDim: 8, seed: 2 });
+    randomise(encoder, 3);
+    const x = tf.tensor4d(seededValues(2 * 8 * 8 * 3, 4).map((v) => 0.5 + 0.5 * v), [2, 8, 8, 3]);
+    const expected = Array.from((encoder.predict(x) as tf.Tensor).dataSync());
+    const session = await ort!.InferenceSession.create(exportOnnx(encoder));
+    const got = Array.from((await session.run({ pixels: new ort!.Tensor('float32', x.dataSync() as Float32Array, [2, 8, 8, 3]) })).output.data as Float32Array);
+    for (let i = 0; i < expected.length; i++) expect(Math.abs(got[i] - expected[i])).toBeLessThan(1e-4 * Math.max(1, Math.abs(expected[i])));
+    const input = tf.input({ shape: [2, 2, 3] });
+    const odd = tf.model({ inputs: input, outputs: tf.layers.flatten({ name: 'odd_flatten' }).apply(input) as tf.SymbolicTensor });
+    expect(() => exportOnnx(odd)).toThrow("exportOnnx: layer 'odd_flatten' (Flatten) has no ONNX export");
+    x.dispose();
+    odd.dispose();
+    encoder.dispose();
+    head.dispose();
+  });
+});
