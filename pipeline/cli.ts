@@ -176,6 +176,27 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         .demandCommand(1, 'choose: augment preview'),
     )
     .command(
+      'export',
+      'a trained classifier or encoder as a model to ship: tfjs (model.json + weights.bin) or ONNX, with classes.json and model-card.json',
+      (y) =>
+        y
+          .option('checkpoint', { type: 'string', demandOption: true, describe: 'a finetune, baseline, distill or pretrain stage directory (or its checkpoint/)' })
+          .option('format', { type: 'string', demandOption: true, choices: ['tfjs', 'onnx'], describe: 'tfjs: loadLayersModel in a browser or Node; onnx: any ONNX runtime (batch norm folded, NHWC input)' })
+          .option('out', { type: 'string', demandOption: true, describe: 'directory to write (replaced once the export is complete)' }),
+      async (argv) => {
+        const { exportModel } = await import('../stages/export.ts');
+        const result = await exportModel({
+          checkpoint: argv.checkpoint as string,
+          format: argv.format as 'tfjs' | 'onnx',
+          out: resolve(argv.out as string),
+          log: (line) => {
+            if (!argv.json || argv.verbose) io.stderr(line);
+          },
+        });
+        if (argv.json) io.stdout(JSON.stringify({ command: 'export', out: result.out, files: result.files, card: result.card }));
+      },
+    )
+    .command(
       'predict',
       'apply a trained classifier to new images: one row per image (id, top-k classes and probabilities)',
       (y) =>

@@ -1,10 +1,19 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildClassifier } from '../../models/classifier.ts';
 import { useBackend } from '../../models/engine/backend.ts';
 import { exportOnnx } from '../../models/export-onnx.ts';
-import { buildSimclrModel } from '../../models/simclr.ts';
+import { buildSimclrModel, embed } from '../../models/simclr.ts';
+import { loadImages } from '../../data/memory.ts';
+import { ingest } from '../../stages/ingest.ts';
+
+const CIFAR = fileURLToPath(new URL('../../../shared/datasets/cifar10/train', import.meta.url));
 import { seededValues } from '../helpers.ts';
 
 const require = createRequire(import.meta.url);
@@ -76,5 +85,23 @@ describe.skipIf(ort === null)('exportOnnx', () => {
     odd.dispose();
     encoder.dispose();
     head.dispose();
+  });
+
+  it.skipIf(!existsSync(CIFAR))('gives the tfjs logits within 1e-4 on real CIFAR-10 images', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onnx-cifar-'));
+    await ingest({ input: CIFAR, outDir: dir, size: 32, limitPerClass: 2, workers: 1 });
+    const images = await loadImages(dir);
+    const { encoder, head } = buildSimclrModel({ encoder: 'resnet20', inputSize: 32, headLayers: 2, projectionDim: 8, seed: 5 });
+    const classifier = buildClassifier(encoder, head, 1, 10);
+    randomise(classifier, 11);
+    const expected = embed(classifier, images.pixels, images.ids.length, 32);
+    const pixels = Float32Array.from(images.pixels, (v) => v / 255);
+    const session = await ort!.InferenceSession.create(exportOnnx(classifier));
+    const got = (await session.run({ pixels: new ort!.Tensor('float32', pixels, [images.ids.length, 32, 32, 3]) })).output.data as Float32Array;
+    const want = expected.dataSync();
+    expect(got.length).toBe(20 * 10);
+    for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThan(1e-4 * Math.max(1, Math.abs(want[i])));
+    expected.dispose();
+    classifier.dispose();
   });
 });

@@ -63,6 +63,12 @@ describe('pipeline run finetune', () => {
       expect(manifest.metrics[metric]).toBeGreaterThanOrEqual(0);
       expect(manifest.metrics.images).toBe(8);
     }
+    // The export's model card carries the checkpoint's figures and its evaluation's.
+    const exported = await run(['export', '--checkpoint', join(runDir, 'distill'), '--format', 'onnx', '--out', join(runDir, 'export'), '--json']);
+    expect(exported.code, exported.err).toBe(0);
+    const card = JSON.parse(await readFile(join(runDir, 'export', 'model-card.json'), 'utf8'));
+    expect(Object.keys(card.evaluation)).toEqual(['distill', 'evaluate-distill']);
+    expect(card.evaluation['evaluate-distill'].accuracy).toBeGreaterThanOrEqual(0);
     const classifier = JSON.parse(await readFile(join(runDir, 'evaluate-finetune', 'manifest.json'), 'utf8'));
     expect(Object.keys(classifier.metrics.per_class_accuracy)).toHaveLength(4);
     expect(classifier.confusion).toHaveLength(4);
