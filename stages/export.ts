@@ -1,6 +1,8 @@
 // `pipeline export`: a trained classifier (finetune, baseline, distill) or encoder (pretrain) as a
 // model people can ship: tfjs (model.json + weights.bin) or ONNX, with classes.json and a model card.
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { basename, dirname, join } from 'node:path';
 import { replaceDir, tempPath, writeFileAtomic } from '../data/files.ts';
 import { findCheckpoint, layersModelFiles, loadCheckpoint } from '../models/checkpoint.ts';
@@ -96,6 +98,10 @@ export async function exportModel(options: ExportOptions): Promise<ExportResult>
       if (options.format === 'tfjs') {
         await model.save(layersModelFiles(tmp));
         files.push('model.json', 'weights.bin');
+        if (kind === 'classifier') {
+          await writeFileAtomic(join(tmp, 'demo.html'), await demoPage(tmp, classes, h));
+          files.push('demo.html');
+        }
       } else {
         const bytes = exportOnnx(model, { metadata: { kind, ...(classes ? { classes: JSON.stringify(classes) } : {}) } });
         await writeFileAtomic(join(tmp, 'model.onnx'), bytes);
@@ -117,4 +123,22 @@ export async function exportModel(options: ExportOptions): Promise<ExportResult>
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * A page that classifies an image dropped on it, in one file that opens from disk with no network:
+ * docs/demo/template.html with TensorFlow.js, the exported model.json and its weights inlined.
+ */
+async function demoPage(exportDir: string, classes: string[] | null, size: number): Promise<string> {
+  const template = await readFile(fileURLToPath(new URL('../docs/demo/template.html', import.meta.url)), 'utf8');
+  const tfjs = await readFile(createRequire(import.meta.url).resolve('@tensorflow/tfjs/dist/tf.min.js'), 'utf8');
+  const modelJson = await readFile(join(exportDir, 'model.json'), 'utf8');
+  const weights = (await readFile(join(exportDir, 'weights.bin'))).toString('base64');
+  // Function replacers: the inlined sources hold `$` patterns that a replacement string would expand.
+  return template
+    .replace('/*TFJS*/', () => tfjs.replace(/<\/script/gi, '<\\/script'))
+    .replace('/*MODEL_JSON*/', () => modelJson.replace(/<\/script/gi, '<\\/script'))
+    .replace('/*WEIGHTS_BASE64*/', () => weights)
+    .replace('/*CLASSES*/', () => JSON.stringify(classes))
+    .replaceAll('__SIZE__', String(size));
 }

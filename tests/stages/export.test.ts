@@ -33,7 +33,11 @@ describe('export', () => {
   it('writes a tfjs classifier plain tfjs loads in a fresh process, with classes and a model card', async () => {
     const out = join(await mkdtemp(join(tmpdir(), 'ex-out-')), 'tfjs');
     const result = await exportModel({ checkpoint: classifierDir, format: 'tfjs', out });
-    expect(result.files).toEqual(['model.json', 'weights.bin', 'classes.json', 'model-card.json']);
+    expect(result.files).toEqual(['model.json', 'weights.bin', 'demo.html', 'classes.json', 'model-card.json']);
+    // The demo page is one file: TensorFlow.js, the model and its weights inlined (checked in Chromium by npm run check:demo).
+    const demo = await readFile(join(out, 'demo.html'), 'utf8');
+    expect(demo).toContain('tf.loadLayersModel(tf.io.fromMemory');
+    expect(demo).not.toMatch(/\/\*(TFJS|MODEL_JSON|WEIGHTS_BASE64|CLASSES)\*\/|__SIZE__/);
     const card = JSON.parse(await readFile(join(out, 'model-card.json'), 'utf8'));
     expect(card).toMatchObject({ format: 'tfjs', kind: 'classifier', input: { shape: [8, 8, 3], layout: 'NHWC' }, output: { shape: [4] } });
     expect(card.training_data_sha256).toMatch(/^[0-9a-f]{64}$/);
