@@ -1,6 +1,6 @@
 // Benchmark: inference images/s of the evaluate stage's two passes on real CIFAR-10 images at 32 px:
 // encoder embeddings (ResNet-20 features) and classifier logits (encoder + first head block + linear).
-// usage: npm run bench:evaluate [-- --json] [-- --backend onnxruntime,wasm] [-- --images 2048] [-- --batch 256]
+// usage: npm run bench:evaluate [-- --json] [-- --backend onnxruntime,wasm] [-- --images 2048] [-- --batch 256] [-- --width 1,0.5]
 //        (several backends: one child process each)
 import { execFileSync } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -18,6 +18,8 @@ interface Row {
   bench: 'evaluate';
   pass: 'embeddings' | 'classifier';
   model: string;
+  /** Width multiplier of the encoder (0.5: the half-size students of distillation). */
+  width: number;
   backend: string;
   batch: number;
   images: number;
@@ -42,11 +44,11 @@ async function cifarPixels(images: number): Promise<Uint8Array> {
   return data.pixels.subarray(0, Math.min(images, data.ids.length) * 32 * 32 * 3);
 }
 
-async function measure(backend: string, images: number, batch: number): Promise<Row[]> {
+async function measure(backend: string, images: number, batch: number, width: number): Promise<Row[]> {
   await useBackend(backend as BackendName);
   const pixels = await cifarPixels(images);
   const n = pixels.length / (32 * 32 * 3);
-  const { encoder, head } = buildSimclrModel({ encoder: 'resnet20', inputSize: 32, seed: 0 });
+  const { encoder, head } = buildSimclrModel({ encoder: 'resnet20', width, inputSize: 32, seed: 0 });
   const classifier = buildClassifier(encoder, head, 1, 10);
   const rows: Row[] = [];
   try {
@@ -55,7 +57,7 @@ async function measure(backend: string, images: number, batch: number): Promise<
       const t0 = performance.now();
       embed(model, pixels, n, 32, batch).dispose();
       const seconds = (performance.now() - t0) / 1000;
-      rows.push({ bench: 'evaluate', pass, model: 'resnet20', backend: tf.getBackend(), batch, images: n, images_per_second: Math.round((n / seconds) * 10) / 10, load_average: Math.round(loadavg()[0] * 100) / 100 });
+      rows.push({ bench: 'evaluate', pass, model: 'resnet20', width, backend: tf.getBackend(), batch, images: n, images_per_second: Math.round((n / seconds) * 10) / 10, load_average: Math.round(loadavg()[0] * 100) / 100 });
     }
   } finally {
     classifier.dispose(); // owns the encoder and the kept head block
@@ -70,6 +72,7 @@ async function main(): Promise<void> {
       backend: { type: 'string', default: 'onnxruntime,wasm' },
       images: { type: 'string', default: '2048' },
       batch: { type: 'string', default: '256' },
+      width: { type: 'string', default: '1' },
     },
   });
   const backends = values.backend!.split(',').filter(Boolean);
@@ -84,9 +87,13 @@ async function main(): Promise<void> {
     for (const backend of backends) execFileSync(process.execPath, [launcher, fileURLToPath(import.meta.url), ...args, '--backend', backend], { stdio: 'inherit' });
     return;
   }
-  for (const row of await measure(backends[0], images, batch)) {
+  const widths = values.width!.split(',').map(Number);
+  if (widths.some((w) => !(w > 0))) throw new Error(`--width entries must be positive numbers, got '${values.width}'`);
+  const rows: Row[] = [];
+  for (const w of widths) rows.push(...(await measure(backends[0], images, batch, w))); // one at a time: timings must not overlap
+  for (const row of rows) {
     if (values.json) console.log(JSON.stringify(row));
-    else console.log(`${row.pass.padEnd(11)} ${row.model}  ${row.backend.padEnd(11)} batch ${row.batch}  ${row.images_per_second.toFixed(1).padStart(8)} images/s  (${row.images} images, load ${row.load_average})`);
+    else console.log(`${row.pass.padEnd(11)} ${row.model} w${row.width}  ${row.backend.padEnd(11)} batch ${row.batch}  ${row.images_per_second.toFixed(1).padStart(8)} images/s  (${row.images} images, load ${row.load_average})`);
   }
 }
 
