@@ -216,6 +216,14 @@ const evaluateOptions = defineOptions({
   batchSize: { type: 'int', default: e.batchSize, min: 1, describe: 'images per inference batch' },
 });
 
+/**
+ * The index file of the checkpoint a stage reads, for the up-to-date check: `PATH/checkpoint/checkpoint.json`
+ * for a stage directory, `PATH/checkpoint.json` when PATH is the checkpoint itself (its save time makes it change with every save).
+ */
+function checkpointIndex(path: string): string {
+  return /(^|\/)checkpoint\/*$/.test(path) ? join(path, 'checkpoint.json') : join(path, 'checkpoint', 'checkpoint.json');
+}
+
 /** evaluate's directory for a checkpoint: evaluate-finetune, evaluate-baseline, evaluate-pretrain. */
 function evaluateDir(checkpoint: string): string {
   const name = basename(checkpoint.replace(/\/+$/, ''));
@@ -327,7 +335,7 @@ export const STAGES: Record<string, StageDefinition> = {
       const pretrained = config.pretrained ?? join(runDir, 'pretrain');
       const paths = [config.data ?? join(runDir, 'ingest')];
       // The random baseline only reads the pretrained checkpoint's architecture, when there is one.
-      if (config.init === 'pretrained' || config.pretrained !== undefined) paths.push(join(pretrained, 'checkpoint', 'checkpoint.json'));
+      if (config.init === 'pretrained' || config.pretrained !== undefined) paths.push(checkpointIndex(pretrained));
       if (parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
       return paths;
     },
@@ -357,7 +365,7 @@ export const STAGES: Record<string, StageDefinition> = {
     options: distillOptions,
     volatile: ['workers', 'resume', 'logEvery'],
     inputs: async (config, runDir) => {
-      const paths = [config.data ?? join(runDir, 'ingest'), join(config.teacher ?? join(runDir, 'finetune'), 'checkpoint', 'checkpoint.json')];
+      const paths = [config.data ?? join(runDir, 'ingest'), checkpointIndex(config.teacher ?? join(runDir, 'finetune'))];
       if (config.labels !== undefined && parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
       return paths;
     },
@@ -399,8 +407,7 @@ export const STAGES: Record<string, StageDefinition> = {
     dirName: (config) => evaluateDir(config.checkpoint ?? 'finetune'),
     inputs: async (config, runDir) => {
       const checkpoint = config.checkpoint ?? join(runDir, 'finetune');
-      const checkpointDir = /(^|\/)checkpoint\/*$/.test(checkpoint) ? checkpoint : join(checkpoint, 'checkpoint');
-      const paths = [config.data ?? join(runDir, 'ingest'), join(checkpointDir, 'checkpoint.json')];
+      const paths = [config.data ?? join(runDir, 'ingest'), checkpointIndex(checkpoint)];
       if (config.trainData !== undefined) paths.push(config.trainData);
       if (parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
       return paths;

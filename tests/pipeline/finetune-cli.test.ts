@@ -74,6 +74,13 @@ describe('pipeline run finetune', () => {
     expect(classifier.confusion).toHaveLength(4);
   });
 
+  it('takes a checkpoint directory itself wherever it takes a stage directory', async () => {
+    const ev = await run(['run', 'evaluate', '--run-dir', runDir, '--data', data, '--holdout', '2', '--checkpoint', join(runDir, 'finetune', 'checkpoint'), '--force', ...small]);
+    expect(ev.code, ev.err).toBe(0);
+    expect(JSON.parse(ev.out)).toMatchObject({ stage: 'evaluate-finetune', status: 'completed' });
+    expect(JSON.parse(await readFile(join(runDir, 'evaluate-finetune', 'manifest.json'), 'utf8')).inputs[1].path).toBe('finetune/checkpoint/checkpoint.json');
+  });
+
   it.each([
     [['--labels', '0%'], /--labels 0%: a percentage must be in \(0, 100\]/],
     [['--labels', '9-per-class'], /finetune.labels 9-per-class: class \S+ has only 8 labeled images, 9 wanted/],
