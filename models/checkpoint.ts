@@ -311,3 +311,12 @@ async function restoreOptimizer(path: string, index: CheckpointIndex, optimizer:
     tf.dispose(Object.values(decoded));
   }
 }
+
+/**
+ * The checkpoint a stage reads from `path`: `path/checkpoint` for a stage directory (RUN_DIR/finetune),
+ * or `path` itself when it is a checkpoint; null when neither holds one.
+ */
+export async function findStageCheckpoint(path: string): Promise<string | null> {
+  for (const dir of [join(path, 'checkpoint'), path]) if ((await findCheckpoint(dir)) !== null) return dir;
+  return null;
+}

@@ -2,6 +2,7 @@
 // new zero-initialised linear layer, as one tf.LayersModel from raw [0, 1] pixels to logits.
 import * as tf from '@tensorflow/tfjs';
 import { headDepth, headOutputAt } from './head.ts';
+import { embed } from './simclr.ts';
 import { trainStep, type StepScalars } from './train-step.ts';
 
 export interface ClassifierParts {
@@ -84,4 +85,17 @@ export function classifierStep(parts: ClassifierParts, optimizer: tf.Optimizer, 
     const { loss, accuracy } = crossEntropy(classifierLogits(parts, x, { encoder: !freezeEncoder, head: true }), labels);
     return { loss, scalars: { accuracy } };
   });
+}
+
+/** Top-1 accuracy of a classifier (inference mode) on `n` images [n, S, S, 3] with integer `labels`. */
+export function topOneAccuracy(model: tf.LayersModel, pixels: Uint8Array | Float32Array, labels: ArrayLike<number>, n: number, size: number): number {
+  const logits = embed(model, pixels, n, size); // [n, K]
+  try {
+    const predicted = tf.tidy(() => tf.argMax(logits, 1).dataSync());
+    let correct = 0;
+    for (let i = 0; i < n; i++) if (predicted[i] === labels[i]) correct++;
+    return correct / n;
+  } finally {
+    logits.dispose();
+  }
 }

@@ -12,8 +12,8 @@ import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts
 import { epochPermutation } from '../data/random.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { writeShards, type ShardFile } from '../data/shards.ts';
-import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
-import { buildClassifier, classifierLogits, classifierParts } from '../models/classifier.ts';
+import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { buildClassifier, topOneAccuracy, classifierLogits, classifierParts } from '../models/classifier.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { buildProjectionHead, headDepth } from '../models/head.ts';
 import { distillationLoss } from '../models/losses.ts';
@@ -102,7 +102,8 @@ export const DISTILL_DEFAULTS = {
 
 /** The checkpoint directory of a teacher path (a stage directory or the checkpoint itself). */
 async function teacherCheckpoint(path: string): Promise<string> {
-  for (const dir of [join(path, 'checkpoint'), path]) if ((await findCheckpoint(dir)) !== null) return dir;
+  const dir = await findStageCheckpoint(path);
+  if (dir !== null) return dir;
   throw new TrainingInputError(`distill.teacher ${path}: no checkpoint there (give a finetune stage directory)`);
 }
 
@@ -312,17 +313,7 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     );
 
     const queries = heldOut.length > 0 ? gatherImages({ ...all, classes }, heldOut) : null;
-    const score = (): number => {
-      const logits = embed(student!, queries!.pixels, queries!.ids.length, size);
-      try {
-        const predicted = tf.tidy(() => tf.argMax(logits, 1).dataSync());
-        let correct = 0;
-        for (let i = 0; i < predicted.length; i++) if (predicted[i] === queries!.labels[i]) correct++;
-        return correct / predicted.length;
-      } finally {
-        logits.dispose();
-      }
-    };
+    const score = (): number => topOneAccuracy(student!, queries!.pixels, queries!.labels, queries!.ids.length, size);
 
     const pool = new AugmentPool({ workers: r.workers });
     try {

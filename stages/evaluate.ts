@@ -10,7 +10,7 @@ import { writeManifest, type DatasetManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import { SCHEMA_VERSION, schemaInfo, type Columns, type SchemaParams } from '../data/schemas.ts';
 import { writeShards } from '../data/shards.ts';
-import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
 import { probePredict, trainLinearProbe } from '../models/linear-probe.ts';
@@ -68,9 +68,8 @@ const KNN_TEMPERATURE = 0.1;
 
 /** The checkpoint directory of `path` (a stage dir or the checkpoint itself) and the models it holds. */
 async function resolveCheckpoint(path: string): Promise<{ dir: string; stage: string }> {
-  for (const dir of [join(path, 'checkpoint'), path]) {
-    if ((await findCheckpoint(dir)) !== null) return { dir, stage: basename(dir === path ? dirname(path) : path) };
-  }
+  const dir = await findStageCheckpoint(path);
+  if (dir !== null) return { dir, stage: basename(dir === path ? dirname(path) : path) };
   throw new TrainingInputError(`evaluate.checkpoint ${path}: no checkpoint there (give a finetune, baseline or pretrain stage directory)`);
 }
 

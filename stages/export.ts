@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { basename, dirname, join } from 'node:path';
 import { replaceDir, tempPath, writeFileAtomic } from '../data/files.ts';
-import { findCheckpoint, layersModelFiles, loadCheckpoint } from '../models/checkpoint.ts';
+import { findStageCheckpoint, layersModelFiles, loadCheckpoint } from '../models/checkpoint.ts';
 import { exportOnnx } from '../models/export-onnx.ts';
 import { TrainingInputError } from './training/loop.ts';
 
@@ -55,8 +55,7 @@ export async function exportModel(options: ExportOptions): Promise<ExportResult>
     throw new TrainingInputError(`export.format must be one of ${EXPORT_FORMATS.join(', ')}, got ${JSON.stringify(options.format)}`);
   }
   const log = options.log ?? (() => {});
-  let dir: string | null = null;
-  for (const candidate of [join(options.checkpoint, 'checkpoint'), options.checkpoint]) if (dir === null && (await findCheckpoint(candidate)) !== null) dir = candidate;
+  const dir = await findStageCheckpoint(options.checkpoint);
   if (dir === null) throw new TrainingInputError(`export.checkpoint ${options.checkpoint}: no checkpoint there (give a finetune, baseline, distill or pretrain stage directory)`);
   const peek = await loadCheckpoint(dir, { models: [] });
   const kind = peek.available.includes('classifier') ? 'classifier' : peek.available.includes('encoder') ? 'encoder' : null;

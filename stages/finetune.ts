@@ -9,8 +9,8 @@ import { formatLabeledIds, holdoutSplit, parseLabelSpec, selectLabeled } from '.
 import { datasetHash, readManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages } from '../data/memory.ts';
 import { epochPermutation } from '../data/random.ts';
-import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
-import { buildClassifier, classifierParts, classifierStep } from '../models/classifier.ts';
+import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { buildClassifier, topOneAccuracy, classifierParts, classifierStep } from '../models/classifier.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { buildProjectionHead } from '../models/head.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
@@ -128,7 +128,8 @@ export function defaultFinetuneEpochs(n: number): number {
 
 /** The checkpoint directory of `path`: a pretrain stage directory or its checkpoint/ itself. */
 async function pretrainedCheckpoint(path: string): Promise<string> {
-  for (const dir of [join(path, 'checkpoint'), path]) if ((await findCheckpoint(dir)) !== null) return dir;
+  const dir = await findStageCheckpoint(path);
+  if (dir !== null) return dir;
   throw new TrainingInputError(`finetune.pretrained ${path}: no pretrain checkpoint there (run pretrain first, or give RUN_DIR/pretrain)`);
 }
 
@@ -245,17 +246,7 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
     );
 
     const queries = heldOut.length > 0 ? gatherImages(all, heldOut) : null;
-    const score = (): number => {
-      const logits = embed(classifier, queries!.pixels, queries!.ids.length, size);
-      try {
-        const predicted = tf.tidy(() => tf.argMax(logits, 1).dataSync());
-        let correct = 0;
-        for (let i = 0; i < predicted.length; i++) if (predicted[i] === queries!.labels[i]) correct++;
-        return correct / predicted.length;
-      } finally {
-        logits.dispose();
-      }
-    };
+    const score = (): number => topOneAccuracy(classifier, queries!.pixels, queries!.labels, queries!.ids.length, size);
 
     const workers = new AugmentPool({ workers: r.workers });
     try {

@@ -10,7 +10,7 @@ import { MANIFEST_FILE, readManifest } from '../data/manifest.ts';
 import { loadImages, type InMemoryImages } from '../data/memory.ts';
 import { schemaInfo } from '../data/schemas.ts';
 import { writeShards } from '../data/shards.ts';
-import { findCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { embed } from '../models/simclr.ts';
 import { ingest } from './ingest.ts';
@@ -59,8 +59,7 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
   if (format === null) throw new TrainingInputError(`predict.out ${r.out}: must end in .csv or .arrow`);
   const log = r.log ?? (() => {});
 
-  let dir: string | null = null;
-  for (const candidate of [join(r.checkpoint, 'checkpoint'), r.checkpoint]) if ((await findCheckpoint(candidate)) !== null) dir ??= candidate;
+  const dir = await findStageCheckpoint(r.checkpoint);
   if (dir === null) throw new TrainingInputError(`predict.checkpoint ${r.checkpoint}: no checkpoint there (give a finetune, baseline or distill stage directory)`);
   const peek = await loadCheckpoint(dir, { models: [] });
   if (!peek.available.includes('classifier')) throw new TrainingInputError(`predict.checkpoint ${dir}: holds [${peek.available.join(', ')}], not a classifier`);
