@@ -12,7 +12,7 @@ import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts
 import { epochPermutation } from '../data/random.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { writeShards, type ShardFile } from '../data/shards.ts';
-import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { loadCheckpoint } from '../models/checkpoint.ts';
 import { buildClassifier, topOneAccuracy, classifierLogits, classifierParts } from '../models/classifier.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { buildProjectionHead, headDepth } from '../models/head.ts';
@@ -24,11 +24,12 @@ import { embed, pixelsToTensor } from '../models/simclr.ts';
 import { trainStep } from '../models/train-step.ts';
 import { withDefaults } from './options.ts';
 import { imageBatches } from './training/batches.ts';
-import { openTraining, TrainingInputError, trainingLoop, type ProgressInfo } from './training/loop.ts';
+import { requireClassifier } from './training/checkpoints.ts';
+import { openTraining, TrainingInputError, trainingLoop, type TrainingStageOptions } from './training/loop.ts';
 
 export type TeacherMode = 'cached' | 'online';
 
-export interface DistillOptions {
+export interface DistillOptions extends TrainingStageOptions {
   /** Images dataset the student learns on (labels not needed). */
   data: string;
   /** Stage directory: checkpoint/, metrics.jsonl, teacher-logits/. */
@@ -56,17 +57,7 @@ export interface DistillOptions {
   optimizer?: OptimizerName;
   weightDecay?: number;
   momentum?: number;
-  seed?: number;
-  workers?: number;
-  backend?: BackendName;
-  resume?: boolean;
-  force?: boolean;
-  logEvery?: number;
   evalEvery?: number;
-  signal?: AbortSignal;
-  log?: (line: string) => void;
-  onProgress?: (info: ProgressInfo) => void;
-  onBackend?: (name: string) => void;
 }
 
 export interface DistillResult {
@@ -99,13 +90,6 @@ export const DISTILL_DEFAULTS = {
   logEvery: 10,
   evalEvery: 0,
 } as const satisfies Partial<DistillOptions>;
-
-/** The checkpoint directory of a teacher path (a stage directory or the checkpoint itself). */
-async function teacherCheckpoint(path: string): Promise<string> {
-  const dir = await findStageCheckpoint(path);
-  if (dir !== null) return dir;
-  throw new TrainingInputError(`distill.teacher ${path}: no checkpoint there (give a finetune stage directory)`);
-}
 
 /** Identity of a teacher: the hash of its classifier's weights and topology. */
 async function teacherHash(checkpointDir: string): Promise<string> {
@@ -225,12 +209,8 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
   if (!(r.lr > 0)) throw new TrainingInputError(`distill.lr must be > 0, got ${r.lr}`);
   const log = r.log ?? (() => {});
 
-  const teacherDir = await teacherCheckpoint(r.teacher);
-  const peek = await loadCheckpoint(teacherDir, { models: [] });
-  if (!peek.available.includes('classifier')) throw new TrainingInputError(`distill.teacher ${teacherDir}: holds [${peek.available.join(', ')}], not a classifier (give a finetune stage directory)`);
-  const teacherState = peek.state as { key?: { model?: string; width?: number; inputSize?: number }; config?: { classes?: string[] } };
-  const classes = teacherState.config?.classes;
-  if (!classes) throw new TrainingInputError(`distill.teacher ${teacherDir}: the checkpoint does not record its classes`);
+  const { dir: teacherDir, classes, state } = await requireClassifier(r.teacher, 'distill.teacher', 'give a finetune stage directory');
+  const teacherState = state as { key?: { model?: string } };
 
   const backend = await useBackend(r.backend, log);
   r.onBackend?.(backend.name);
@@ -423,11 +403,7 @@ export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Prom
   if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`distill.numShards must be an integer >= 1, got ${numShards}`);
   if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`distill.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
   const log = options.log ?? (() => {});
-  const teacherDir = await teacherCheckpoint(options.teacher);
-  const peek = await loadCheckpoint(teacherDir, { models: [] });
-  if (!peek.available.includes('classifier')) throw new TrainingInputError(`distill.teacher ${teacherDir}: holds [${peek.available.join(', ')}], not a classifier (give a finetune stage directory)`);
-  const classes = (peek.state as { config?: { classes?: string[] } }).config?.classes;
-  if (!classes) throw new TrainingInputError(`distill.teacher ${teacherDir}: the checkpoint does not record its classes`);
+  const { dir: teacherDir, classes } = await requireClassifier(options.teacher, 'distill.teacher', 'give a finetune stage directory');
   const backend = await useBackend(options.backend ?? 'auto', log);
   options.onBackend?.(backend.name);
   const all = await loadImages(options.data);

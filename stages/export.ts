@@ -5,8 +5,9 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { basename, dirname, join } from 'node:path';
 import { replaceDir, tempPath, writeFileAtomic } from '../data/files.ts';
-import { findStageCheckpoint, layersModelFiles, loadCheckpoint } from '../models/checkpoint.ts';
+import { layersModelFiles, loadCheckpoint } from '../models/checkpoint.ts';
 import { exportOnnx } from '../models/export-onnx.ts';
+import { requireCheckpoint } from './training/checkpoints.ts';
 import { TrainingInputError } from './training/loop.ts';
 
 export const EXPORT_FORMATS = ['tfjs', 'onnx'] as const;
@@ -55,8 +56,7 @@ export async function exportModel(options: ExportOptions): Promise<ExportResult>
     throw new TrainingInputError(`export.format must be one of ${EXPORT_FORMATS.join(', ')}, got ${JSON.stringify(options.format)}`);
   }
   const log = options.log ?? (() => {});
-  const dir = await findStageCheckpoint(options.checkpoint);
-  if (dir === null) throw new TrainingInputError(`export.checkpoint ${options.checkpoint}: no checkpoint there (give a finetune, baseline, distill or pretrain stage directory)`);
+  const dir = await requireCheckpoint(options.checkpoint, `export.checkpoint ${options.checkpoint}: no checkpoint there (give a finetune, baseline, distill or pretrain stage directory)`);
   const peek = await loadCheckpoint(dir, { models: [] });
   const kind = peek.available.includes('classifier') ? 'classifier' : peek.available.includes('encoder') ? 'encoder' : null;
   if (kind === null) throw new TrainingInputError(`export.checkpoint ${dir}: holds [${peek.available.join(', ')}], neither a classifier nor an encoder`);

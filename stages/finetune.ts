@@ -9,9 +9,9 @@ import { formatLabeledIds, holdoutSplit, parseLabelSpec, selectLabeled } from '.
 import { datasetHash, readManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages } from '../data/memory.ts';
 import { epochPermutation } from '../data/random.ts';
-import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { loadCheckpoint } from '../models/checkpoint.ts';
 import { buildClassifier, topOneAccuracy, classifierParts, classifierStep } from '../models/classifier.ts';
-import { useBackend, type BackendName } from '../models/engine/backend.ts';
+import { useBackend } from '../models/engine/backend.ts';
 import { buildProjectionHead } from '../models/head.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
 import { buildEncoder } from '../models/resnet.ts';
@@ -19,11 +19,12 @@ import { scaledLearningRate, warmupCosine, type LearningRateScaling } from '../m
 import { embed, pixelsToTensor } from '../models/simclr.ts';
 import { withDefaults } from './options.ts';
 import { imageBatches } from './training/batches.ts';
-import { openTraining, TrainingInputError, trainingLoop, type ProgressInfo } from './training/loop.ts';
+import { requireCheckpoint } from './training/checkpoints.ts';
+import { openTraining, TrainingInputError, trainingLoop, type TrainingStageOptions } from './training/loop.ts';
 
 export type FinetuneInit = 'pretrained' | 'random';
 
-export interface FinetuneOptions {
+export interface FinetuneOptions extends TrainingStageOptions {
   /** Labeled images dataset (an ingest output). */
   data: string;
   /** Stage directory: checkpoint/, metrics.jsonl, labeled-ids.txt go here. */
@@ -54,18 +55,8 @@ export interface FinetuneOptions {
   model?: string;
   width?: number;
   headLayers?: number;
-  seed?: number;
-  workers?: number;
-  backend?: BackendName;
-  resume?: boolean;
-  force?: boolean;
-  logEvery?: number;
   /** Score the held-out images every N epochs (and after the last); 0 = only after the last. */
   evalEvery?: number;
-  signal?: AbortSignal;
-  log?: (line: string) => void;
-  onProgress?: (info: ProgressInfo) => void;
-  onBackend?: (name: string) => void;
 }
 
 export interface FinetuneResult {
@@ -126,13 +117,6 @@ export function defaultFinetuneEpochs(n: number): number {
   return Math.min(200, Math.max(10, Math.round(60 * (12_800 / n) ** Math.log10(2))));
 }
 
-/** The checkpoint directory of `path`: a pretrain stage directory or its checkpoint/ itself. */
-async function pretrainedCheckpoint(path: string): Promise<string> {
-  const dir = await findStageCheckpoint(path);
-  if (dir !== null) return dir;
-  throw new TrainingInputError(`finetune.pretrained ${path}: no pretrain checkpoint there (run pretrain first, or give RUN_DIR/pretrain)`);
-}
-
 interface PretrainKey {
   model: string;
   width: number;
@@ -166,7 +150,9 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
   const log = r.log ?? (() => {});
 
   // The pretrained network and what it was trained on, checked against this dataset.
-  const pretrainedDir = r.pretrained ? await pretrainedCheckpoint(r.pretrained) : null;
+  const pretrainedDir = r.pretrained
+    ? await requireCheckpoint(r.pretrained, `finetune.pretrained ${r.pretrained}: no pretrain checkpoint there (run pretrain first, or give RUN_DIR/pretrain)`)
+    : null;
   const savedKey = pretrainedDir ? (((await loadCheckpoint(pretrainedDir, { models: [] })).state as { key?: PretrainKey }).key ?? null) : null;
   if (pretrainedDir && savedKey === null) throw new TrainingInputError(`finetune.pretrained ${pretrainedDir}: the checkpoint does not record its architecture (state.json key)`);
 

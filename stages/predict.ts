@@ -10,11 +10,12 @@ import { MANIFEST_FILE, readManifest } from '../data/manifest.ts';
 import { loadImages, type InMemoryImages } from '../data/memory.ts';
 import { schemaInfo } from '../data/schemas.ts';
 import { writeShards } from '../data/shards.ts';
-import { findStageCheckpoint, loadCheckpoint } from '../models/checkpoint.ts';
+import { loadCheckpoint } from '../models/checkpoint.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { embed } from '../models/simclr.ts';
 import { ingest } from './ingest.ts';
 import { withDefaults } from './options.ts';
+import { requireClassifier } from './training/checkpoints.ts';
 import { TrainingInputError } from './training/loop.ts';
 
 export interface PredictOptions {
@@ -59,12 +60,7 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
   if (format === null) throw new TrainingInputError(`predict.out ${r.out}: must end in .csv or .arrow`);
   const log = r.log ?? (() => {});
 
-  const dir = await findStageCheckpoint(r.checkpoint);
-  if (dir === null) throw new TrainingInputError(`predict.checkpoint ${r.checkpoint}: no checkpoint there (give a finetune, baseline or distill stage directory)`);
-  const peek = await loadCheckpoint(dir, { models: [] });
-  if (!peek.available.includes('classifier')) throw new TrainingInputError(`predict.checkpoint ${dir}: holds [${peek.available.join(', ')}], not a classifier`);
-  const classes = (peek.state as { config?: { classes?: string[] } }).config?.classes;
-  if (!classes) throw new TrainingInputError(`predict.checkpoint ${dir}: the checkpoint does not record its classes`);
+  const { dir, classes } = await requireClassifier(r.checkpoint, 'predict.checkpoint', 'give a finetune, baseline or distill stage directory');
 
   const backend = await useBackend(r.backend, log);
   r.onBackend?.(backend.name);

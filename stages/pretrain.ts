@@ -5,7 +5,7 @@ import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/poo
 import { holdoutSplit } from '../data/labels.ts';
 import { datasetHash, readManifest } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
-import { useBackend, type BackendName } from '../models/engine/backend.ts';
+import { useBackend } from '../models/engine/backend.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
 import { defaultTemperature } from '../models/losses.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
@@ -21,7 +21,7 @@ import {
   TrainingInterruptedError,
   trainingLoop,
   TrainingOutOfMemoryError,
-  type ProgressInfo,
+  type TrainingStageOptions,
 } from './training/loop.ts';
 
 // The names pretrain's errors have always had; one class each for every training stage.
@@ -62,7 +62,7 @@ export const PRETRAIN_DEFAULTS = {
   knnBank: 10_000,
 } as const satisfies Partial<PretrainOptions>;
 
-export interface PretrainOptions {
+export interface PretrainOptions extends TrainingStageOptions {
   /** images dataset directory (an ingest output). */
   data: string;
   /** Stage directory: checkpoint/, metrics.jsonl go here. */
@@ -91,14 +91,6 @@ export interface PretrainOptions {
   minScale?: number;
   /** Train on at most this many images (0 = all); taken after the held-out split. */
   limit?: number;
-  seed?: number;
-  workers?: number;
-  backend?: BackendName;
-  resume?: boolean;
-  /** Start over even though outDir holds a checkpoint (without it, that is an error naming --resume). */
-  force?: boolean;
-  /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
-  logEvery?: number;
   /** Hold out this many labeled images per class from training, as kNN queries (0 = none). */
   knnHoldout?: number;
   /** Compute kNN accuracy every this many epochs (and before training and at the end); 0 = off. */
@@ -106,11 +98,6 @@ export interface PretrainOptions {
   knnK?: number;
   /** Labeled training images used as the kNN memory bank, at most. */
   knnBank?: number;
-  signal?: AbortSignal;
-  log?: (line: string) => void;
-  onProgress?: (info: ProgressInfo) => void;
-  /** Called once the backend is chosen. */
-  onBackend?: (name: string) => void;
 }
 
 export interface PretrainResult {

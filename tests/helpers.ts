@@ -119,3 +119,12 @@ console.log(JSON.stringify({ layers: model.layers.map((l) => l.getClassName()), 
   );
   return JSON.parse(execFileSync(process.execPath, [script], { encoding: 'utf8' }).trim().split('\n').pop()!);
 }
+
+/** onnxruntime-node (an optional dependency), or null where it is not installed: for `describe.skipIf`. */
+export function optionalOnnxRuntime(): typeof import('onnxruntime-node') | null {
+  try {
+    return createRequire(import.meta.url)('onnxruntime-node') as typeof import('onnxruntime-node');
+  } catch {
+    return null;
+  }
+}

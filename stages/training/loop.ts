@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../../data/files.ts';
 import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../../models/checkpoint.ts';
+import type { BackendName } from '../../models/engine/backend.ts';
 import type { WeightDecayOptimizer } from '../../models/optimizers.ts';
 
 /** A bad option, dataset or checkpoint for a training stage: the CLI exits 2. */
@@ -26,6 +27,26 @@ export class TrainingOutOfMemoryError extends Error {
 /** The loss became NaN or infinite. */
 export class NonFiniteLossError extends Error {
   override name = 'NonFiniteLossError';
+}
+
+/** The options every training stage takes besides its own. */
+export interface TrainingStageOptions {
+  seed?: number;
+  /** Augmentation threads. */
+  workers?: number;
+  backend?: BackendName;
+  /** Continue from the stage directory's last checkpoint. */
+  resume?: boolean;
+  /** Start over even though the stage directory holds a checkpoint (without it, that is an error naming --resume). */
+  force?: boolean;
+  /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
+  logEvery?: number;
+  /** Aborted on SIGINT/SIGTERM: the run checkpoints and stops. */
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+  onProgress?: (info: ProgressInfo) => void;
+  /** Called once the backend is chosen. */
+  onBackend?: (name: string) => void;
 }
 
 /** Where a run stands; saved in every checkpoint's state.json as `train`. */

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,16 +13,9 @@ import { loadImages } from '../../data/memory.ts';
 import { ingest } from '../../stages/ingest.ts';
 
 const CIFAR = fileURLToPath(new URL('../../../shared/datasets/cifar10/train', import.meta.url));
-import { seededValues } from '../helpers.ts';
+import { optionalOnnxRuntime, seededValues } from '../helpers.ts';
 
-const require = createRequire(import.meta.url);
-const ort = (() => {
-  try {
-    return require('onnxruntime-node') as typeof import('onnxruntime-node');
-  } catch {
-    return null;
-  }
-})();
+const ort = optionalOnnxRuntime();
 
 /** Gives every weight (batch-norm statistics included) seeded non-trivial values, so folding is exercised. */
 function randomise(model: tf.LayersModel, seed: number): void {

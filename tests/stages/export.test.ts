@@ -8,16 +8,10 @@ import { layersModelFiles } from '../../models/checkpoint.ts';
 import { exportModel } from '../../stages/export.ts';
 import { finetune } from '../../stages/finetune.ts';
 import { pretrain } from '../../stages/pretrain.ts';
-import { plainTfjsPredict, runCli, tinyImagesDataset } from '../helpers.ts';
+import { optionalOnnxRuntime, plainTfjsPredict, runCli, tinyImagesDataset } from '../helpers.ts';
 
 const require = createRequire(import.meta.url);
-const ort = (() => {
-  try {
-    return require('onnxruntime-node') as typeof import('onnxruntime-node');
-  } catch {
-    return null;
-  }
-})();
+const ort = optionalOnnxRuntime();
 
 describe('export', () => {
   let pretrainDir: string;
