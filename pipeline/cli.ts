@@ -4,6 +4,8 @@ import yargs, { type Argv } from 'yargs';
 import { join, resolve } from 'node:path';
 import { BACKEND_NAMES, type BackendName } from '../models/engine/backend.ts';
 import { COMMON_OPTIONS, ConfigError, configRunDir, kebab, loadConfigFile, resolveConfig, type OptionSpec, type OptionSpecs } from './config.ts';
+import { CONFIG_SECTIONS, RUN_KEYS, withTestSplit } from './graph.ts';
+import type { RunAllNodeResult } from './run-all.ts';
 import { runStage } from './runner.ts';
 import { STAGES, STAGE_NAMES, type StageIO } from './stages.ts';
 
@@ -67,15 +69,15 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     const stage = STAGES[stageName];
     const specs = { ...COMMON_OPTIONS, ...stage.options };
     const configPath = argv.config as string | undefined;
-    const file = configPath ? await loadConfigFile(configPath, STAGE_NAMES) : undefined;
+    const file = configPath ? await loadConfigFile(configPath, CONFIG_SECTIONS) : undefined;
     const config = resolveConfig({
       stage: stageName,
       specs,
-      file,
+      file: withTestSplit(file, stageName, specs),
       set: (argv.set as string[] | undefined) ?? [],
-      stages: STAGE_NAMES,
+      stages: CONFIG_SECTIONS,
       flags: pickFlags(argv, specs),
-      extraFileKeys: ['runDir'],
+      extraFileKeys: RUN_KEYS,
     });
     const runDirRaw = (argv.runDir as string | undefined) || (file && configRunDir(file));
     if (!runDirRaw) throw new ConfigError(`--run-dir is required for 'run ${stageName}' (or run_dir in the config file)`);
@@ -105,6 +107,39 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     }
   };
 
+  const runAllCommand = async (argv: Record<string, unknown> & GlobalFlags) => {
+    const configPath = argv.config as string | undefined;
+    const file = configPath ? await loadConfigFile(configPath, CONFIG_SECTIONS) : undefined;
+    const runDirRaw = (argv.runDir as string | undefined) || (file && configRunDir(file));
+    if (!runDirRaw) throw new ConfigError(`--run-dir is required for 'run all' (or run_dir in the config file)`);
+    const runDir = resolve(runDirRaw);
+    const log = (line: string) => {
+      if (!argv.json || verbose) io.stderr(line);
+    };
+    // `--force` alone redoes every stage; `--force STAGE` that stage and what follows it.
+    const force = argv.force === undefined ? [] : (argv.force as string[]).map((s) => (s === '' ? 'all' : s));
+    const { runAll } = await import('./run-all.ts');
+    const result = await withInterruptSignal(
+      (signal) =>
+        runAll({
+          runDir,
+          file,
+          set: (argv.set as string[] | undefined) ?? [],
+          flags: pickFlags(argv, COMMON_OPTIONS),
+          force: force.length === 0 && argv.force !== undefined ? ['all'] : force,
+          from: argv.from as string | undefined,
+          until: argv.until as string | undefined,
+          env: { log, json: argv.json, io, signal },
+        }),
+      io,
+    );
+    if (argv.json) {
+      io.stdout(JSON.stringify({ command: 'run all', run_dir: runDir, report: result.report, stages: result.nodes.map((n) => ({ stage: n.name, result: n.status, status: n.manifest?.status ?? null, metrics: n.manifest?.metrics ?? {} })) }));
+    } else {
+      io.stderr(formatRunAll(result.nodes));
+    }
+  };
+
   const parser = yargs([...args])
     .scriptName('pipeline')
     .usage('$0 <command> [options]\n\nSimCLR / SimCLRv2 contrastive pretraining pipeline.')
@@ -131,18 +166,32 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       let r = y
         .option('config', { type: 'string', describe: 'YAML or JSON config file (flags override it)' })
         .option('run-dir', { type: 'string', describe: 'run directory (stages pass data through it)' })
-        .option('set', { type: 'string', array: true, describe: 'override a config key: key=value or stage.key=value' })
-        .option('force', { type: 'boolean', default: false, describe: 'rerun even when the stage is up to date' });
+        .option('set', { type: 'string', array: true, describe: 'override a config key: key=value or stage.key=value' });
       for (const name of STAGE_NAMES) {
         const stage = STAGES[name];
         r = r.command(
           name,
           stage.describe,
-          (s) => addOptions(s, { ...COMMON_OPTIONS, ...stage.options }, `${name} options:`).strict(),
+          (s) =>
+            addOptions(s, { ...COMMON_OPTIONS, ...stage.options }, `${name} options:`)
+              .option('force', { type: 'boolean', default: false, describe: 'rerun even when the stage is up to date' })
+              .strict(),
           async (argv) => runOne(name, argv as unknown as Record<string, unknown> & GlobalFlags),
         );
       }
-      return r.demandCommand(1, `choose a stage: ${STAGE_NAMES.join(', ')}`);
+      r = r.command(
+        'all',
+        'the whole pipeline: ingest → pretrain → finetune + baseline (per label fraction) → distill → evaluate → export → report; up-to-date stages skipped, a killed run resumed',
+        (s) =>
+          addOptions(s, COMMON_OPTIONS, 'all options:')
+            .option('force', { type: 'string', array: true, describe: 'redo STAGE (a directory name or a stage: finetune, evaluate, ...) and everything after it; alone: every stage' })
+            .option('from', { type: 'string', requiresArg: true, describe: 'run only STAGE and what comes after it (what it needs must have completed)' })
+            .option('until', { type: 'string', requiresArg: true, describe: 'run only STAGE and what it needs' })
+            .example('$0 run all --config configs/cifar10-32px.yaml --run-dir runs/cifar', 'the whole pipeline; the same command again resumes or skips')
+            .strict(),
+        async (argv) => runAllCommand(argv as unknown as Record<string, unknown> & GlobalFlags),
+      );
+      return r.demandCommand(1, `choose a stage: ${[...STAGE_NAMES, 'all'].join(', ')}`);
     })
     .command('augment', 'augmentation tools', (y) =>
       y
@@ -294,6 +343,18 @@ async function withInterruptSignal<T>(body: (signal: AbortSignal) => Promise<T>,
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** run all's closing table: each stage, what happened, its headline figures. */
+function formatRunAll(nodes: readonly RunAllNodeResult[]): string {
+  const lines = ['run all:'];
+  for (const n of nodes) {
+    const m = n.manifest?.metrics ?? {};
+    const shown = Object.entries(m).filter((e): e is [string, number] => typeof e[1] === 'number' && /accuracy$/.test(e[0]));
+    const what = n.status === 'outside' ? (n.manifest ? `not run now (${n.manifest.status})` : 'not run') : n.status;
+    lines.push(`  ${n.name.padEnd(30)} ${what.padEnd(10)} ${shown.map(([k, v]) => `${k} ${(100 * v).toFixed(2)} %`).join(', ')}`);
+  }
+  return lines.join('\n');
 }
 
 function formatMetrics(metrics: Record<string, number | Record<string, number>>): string {

@@ -140,7 +140,27 @@ export interface RunStageOptions {
   /** Config keys left out of the hash (thread counts, log intervals, --resume). */
   volatile?: readonly string[];
   log?: (line: string) => void;
+  /** The caller holds the run-dir lock already (`run all` takes it once for the whole run). */
+  lockHeld?: boolean;
   body: (ctx: StageContext) => Promise<StageOutcome>;
+}
+
+export interface StageState {
+  /** The config hash the manifest records (volatile keys left out). */
+  hash: string;
+  inputs: { path: string; sha256: string }[];
+  previous: StageManifest | null;
+  /** Completed with the same config and input hashes: nothing to do. */
+  upToDate: boolean;
+}
+
+/** Where a stage stands against its last run in `runDir/<stage>` (the skip rule). */
+export async function stageState(opts: Pick<RunStageOptions, 'stage' | 'runDir' | 'config' | 'inputs' | 'volatile'>): Promise<StageState> {
+  const hash = configHash(Object.fromEntries(Object.entries(opts.config).filter(([k]) => !opts.volatile?.includes(k))));
+  const inputs = await hashInputs(opts.inputs, opts.runDir);
+  const previous = await readStageManifest(join(opts.runDir, opts.stage));
+  const upToDate = previous?.status === 'completed' && previous.config_hash === hash && JSON.stringify(previous.inputs) === JSON.stringify(inputs);
+  return { hash, inputs, previous, upToDate };
 }
 
 export type RunStageResult = { skipped: true; manifest: StageManifest } | { skipped: false; manifest: StageManifest };
@@ -153,19 +173,12 @@ export type RunStageResult = { skipped: true; manifest: StageManifest } | { skip
 export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
   const { stage, runDir, config, log = () => {} } = opts;
   const stageDir = join(runDir, stage);
-  const release = await acquireRunLock(runDir, { log, stage });
+  const release = opts.lockHeld ? async () => {} : await acquireRunLock(runDir, { log, stage });
   try {
-    const hash = configHash(Object.fromEntries(Object.entries(config).filter(([k]) => !opts.volatile?.includes(k))));
-    const inputs = await hashInputs(opts.inputs, runDir);
-    const previous = await readStageManifest(stageDir);
-    if (
-      !opts.force &&
-      previous?.status === 'completed' &&
-      previous.config_hash === hash &&
-      JSON.stringify(previous.inputs) === JSON.stringify(inputs)
-    ) {
+    const { hash, inputs, previous, upToDate } = await stageState(opts);
+    if (!opts.force && upToDate) {
       log(`${stage}: up to date (same config and inputs as the completed run in ${stageDir}); skipped, --force reruns it`);
-      return { skipped: true, manifest: previous };
+      return { skipped: true, manifest: previous! };
     }
     await mkdir(stageDir, { recursive: true });
     await writeFileAtomic(join(stageDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');

@@ -1,5 +1,6 @@
 // The stages the CLI can run: their options (flags and config keys), their inputs (hashed for the
 // skip rule) and how a resolved config becomes a call of the stage function.
+import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ENCODERS } from '../models/resnet.ts';
 import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
@@ -8,6 +9,7 @@ import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
 import { DISTILL_DEFAULTS, distill, teacherLogitsPart } from '../stages/distill.ts';
 import { EVALUATE_DEFAULTS, evaluate, type EvaluateResult } from '../stages/evaluate.ts';
+import { EXPORT_FORMATS, exportModel, type ExportFormat } from '../stages/export.ts';
 import { FINETUNE_DEFAULTS, finetune } from '../stages/finetune.ts';
 import { PRETRAIN_DEFAULTS, pretrain } from '../stages/pretrain.ts';
 import type { ProgressInfo } from '../stages/training/loop.ts';
@@ -220,7 +222,7 @@ const evaluateOptions = defineOptions({
  * The index file of the checkpoint a stage reads, for the up-to-date check: `PATH/checkpoint/checkpoint.json`
  * for a stage directory, `PATH/checkpoint.json` when PATH is the checkpoint itself (its save time makes it change with every save).
  */
-function checkpointIndex(path: string): string {
+export function checkpointIndex(path: string): string {
   return /(^|\/)checkpoint\/*$/.test(path) ? join(path, 'checkpoint.json') : join(path, 'checkpoint', 'checkpoint.json');
 }
 
@@ -431,6 +433,40 @@ export const STAGES: Record<string, StageDefinition> = {
     },
   }),
 };
+
+const exportOptions = defineOptions({
+  checkpoint: { type: 'string', describe: 'the stage directory to export (run all: the student, RUN_DIR/distill)' },
+  formats: { type: 'string', default: EXPORT_FORMATS.join(','), describe: `comma-separated formats written to RUN_DIR/export/<format> (${EXPORT_FORMATS.join(', ')})` },
+});
+
+/** The evaluation of a stage directory, when there is one: the model card quotes it. */
+async function evaluationManifest(stageDir: string): Promise<string[]> {
+  const path = join(dirname(stageDir), `evaluate-${basename(stageDir)}`, 'manifest.json');
+  return (await stat(path).then(() => true, () => false)) ? [path] : [];
+}
+
+/** Export as a run-dir stage (run all's last step before the report); `pipeline export` is the standalone command. */
+export const EXPORT_STAGE: StageDefinition = defineStage({
+  describe: 'export a trained classifier as tfjs and ONNX models with classes.json and model-card.json → RUN_DIR/export',
+  options: exportOptions,
+  inputs: async (config, runDir) => {
+    const checkpoint = config.checkpoint ?? join(runDir, 'distill');
+    return [checkpointIndex(checkpoint), ...(await evaluationManifest(checkpoint))];
+  },
+  run: async (ctx, env) => {
+    const formats = ctx.config.formats.split(',').map((f) => f.trim()).filter((f) => f !== '');
+    const unknown = formats.find((f) => !(EXPORT_FORMATS as readonly string[]).includes(f));
+    if (unknown !== undefined || formats.length === 0) throw new ConfigError(`export.formats must list some of ${EXPORT_FORMATS.join(', ')}, got '${ctx.config.formats}'`);
+    const outputs: StageOutcome['outputs'] = [];
+    let parameters = 0;
+    for (const format of formats as ExportFormat[]) {
+      const result = await exportModel({ checkpoint: ctx.config.checkpoint ?? join(ctx.runDir, 'distill'), format, out: join(ctx.stageDir, format), log: env.log });
+      outputs.push({ path: result.out });
+      parameters = result.card.parameters;
+    }
+    return { outputs, metrics: { parameters } };
+  },
+});
 
 /** The evaluation as a table on stdout. */
 function formatEvaluation(result: EvaluateResult): string {
