@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { writeFileAtomic } from '../data/files.ts';
-import { sha256File } from '../data/manifest.ts';
+import { datasetHash, readManifest, sha256File } from '../data/manifest.ts';
 import { listImageFiles, scanInput } from '../data/scan.ts';
 import { configHash, type ResolvedConfig } from './config.ts';
 import { acquireRunLock } from './lock.ts';
@@ -73,8 +73,9 @@ async function hashImageList(csv: string): Promise<string> {
 
 /**
  * Hashes the stage inputs: a CSV image list by its bytes and its images' listing, any other file by
- * its bytes, a dataset directory by its manifest.json (which holds its shards' sha256), any other
- * directory by its image listing. A missing input is a clear error.
+ * its bytes, a dataset directory by its content (data/manifest.ts datasetHash: classes, shape and
+ * its shards' sha256, not the manifest's timestamps, so re-ingesting the same images leaves the
+ * stages after it up to date), any other directory by its image listing. A missing input is a clear error.
  */
 async function hashInputs(paths: readonly string[], runDir: string): Promise<{ path: string; sha256: string }[]> {
   const out: { path: string; sha256: string }[] = [];
@@ -93,7 +94,7 @@ async function hashInputs(paths: readonly string[], runDir: string): Promise<{ p
     const isDataset = await stat(manifest).then((s) => s.isFile(), () => false);
     out.push(
       isDataset
-        ? { path: relativeIfInside(manifest, runDir), sha256: await sha256File(manifest) }
+        ? { path: relativeIfInside(manifest, runDir), sha256: datasetHash(await readManifest(path)) }
         : { path: relativeIfInside(path, runDir), sha256: await hashListing(path) },
     );
   }

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, type ConfigFile } from '../../pipeline/config.ts';
-import { downstreamOf, labelTag, planRun, upstreamOf } from '../../pipeline/graph.ts';
+import { ConfigError, loadConfigFile, type ConfigFile } from '../../pipeline/config.ts';
+import { CONFIG_SECTIONS, downstreamOf, labelTag, planRun, upstreamOf } from '../../pipeline/graph.ts';
 import { makeSyntheticDataset, mulberry32 } from '../../scripts/synthetic.ts';
 import { runCli } from '../helpers.ts';
 
@@ -73,6 +73,16 @@ describe('run all plan', () => {
     expect(plan({ holdout: 5, distill: { epochz: 3 } })).toThrow(ConfigError);
     expect(plan({ holdout: 5, distill: { epochz: 3 } })).toThrow(/unknown key 'epochz' for stage distill/);
     expect(plan({ holdout: 5, finetune: { labels: [] } })).toThrow(/finetune\.labels must be a label spec or a list/);
+  });
+});
+
+describe('example configs', () => {
+  const dir = fileURLToPath(new URL('../../configs/', import.meta.url));
+  it.each(['quickstart.yaml', 'cifar10-32px.yaml', 'photos-96px.yaml', 'photos-224px.yaml'])('configs/%s plans a whole run', async (name) => {
+    const file = await loadConfigFile(join(dir, name), CONFIG_SECTIONS);
+    const nodes = planRun({ runDir: '/r', file, set: name === 'quickstart.yaml' ? ['ingest.input=/images'] : [] });
+    expect(nodes.some((n) => n.family === 'export')).toBe(true);
+    expect(nodes.find((n) => n.name === 'pretrain')!.config.knnHoldout).toBeGreaterThan(0);
   });
 });
 
