@@ -152,6 +152,7 @@ const pretrainOptions = defineOptions({
   limit: { type: 'int', default: d.limit, min: 0, describe: 'train on at most N images (0 = all)' },
   resume: { type: 'boolean', default: d.resume, describe: 'continue from the last checkpoint of this run dir' },
   logEvery: { type: 'int', default: d.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
+  tensorboard: { type: 'boolean', default: d.tensorboard, describe: 'also write the metrics as TensorBoard scalars (events.out.tfevents.* in the stage directory)' },
   knnHoldout: { type: 'int', default: d.knnHoldout, min: 0, describe: 'hold out N labeled images per class as kNN queries' },
   knnEvery: { type: 'int', default: d.knnEvery, min: 0, describe: 'kNN accuracy every N epochs (0 = off; needs --knn-holdout)' },
   knnK: { type: 'int', default: d.knnK, min: 1, describe: 'kNN neighbours' },
@@ -179,6 +180,7 @@ const finetuneOptions = defineOptions({
   headLayers: { type: 'int', default: f.headLayers, min: 1, describe: 'head blocks of a random-init network' },
   resume: { type: 'boolean', default: f.resume, describe: 'continue from the last checkpoint of this stage' },
   logEvery: { type: 'int', default: f.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
+  tensorboard: { type: 'boolean', default: f.tensorboard, describe: 'also write the metrics as TensorBoard scalars (events.out.tfevents.* in the stage directory)' },
   evalEvery: { type: 'int', default: f.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
 });
 
@@ -202,6 +204,7 @@ const distillOptions = defineOptions({
   momentum: { type: 'number', default: dd.momentum, min: 0, max: 0.999, describe: 'momentum' },
   resume: { type: 'boolean', default: dd.resume, describe: 'continue from the last checkpoint of this stage' },
   logEvery: { type: 'int', default: dd.logEvery, min: 1, describe: 'steps between metrics.jsonl lines' },
+  tensorboard: { type: 'boolean', default: dd.tensorboard, describe: 'also write the metrics as TensorBoard scalars (events.out.tfevents.* in the stage directory)' },
   evalEvery: { type: 'int', default: dd.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
   shardIndex: { type: 'int', min: 0, describe: "a part job of the teacher pass: this job's part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)" },
   numShards: { type: 'int', min: 1, describe: 'parts of the teacher pass; > 1: compute this part of the teacher logits and stop (default $SLURM_ARRAY_TASK_COUNT or 1)' },
@@ -312,7 +315,7 @@ export const STAGES: Record<string, StageDefinition> = {
   pretrain: defineStage({
     describe: 'SimCLR contrastive pretraining of encoder + projection head → RUN_DIR/pretrain/checkpoint',
     options: pretrainOptions,
-    volatile: ['workers', 'resume', 'logEvery'],
+    volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
     inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest')],
     run: async (ctx, env) => {
       const c = ctx.config;
@@ -331,7 +334,7 @@ export const STAGES: Record<string, StageDefinition> = {
   finetune: defineStage({
     describe: 'fine-tune a pretrained encoder on few labels (or --init random: the supervised baseline) → RUN_DIR/finetune/checkpoint',
     options: finetuneOptions,
-    volatile: ['workers', 'resume', 'logEvery'],
+    volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
     dirName: (config) => (config.init === 'random' ? 'baseline' : 'finetune'),
     inputs: async (config, runDir) => {
       const pretrained = config.pretrained ?? join(runDir, 'pretrain');
@@ -365,7 +368,7 @@ export const STAGES: Record<string, StageDefinition> = {
   distill: defineStage({
     describe: "distil the fine-tuned teacher into a student on the images (teacher logits cached in RUN_DIR/distill/teacher-logits) → RUN_DIR/distill/checkpoint",
     options: distillOptions,
-    volatile: ['workers', 'resume', 'logEvery'],
+    volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
     inputs: async (config, runDir) => {
       const paths = [config.data ?? join(runDir, 'ingest'), checkpointIndex(config.teacher ?? join(runDir, 'finetune'))];
       if (config.labels !== undefined && parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);

@@ -88,6 +88,7 @@ export const DISTILL_DEFAULTS = {
   resume: false,
   force: false,
   logEvery: 10,
+  tensorboard: false,
   evalEvery: 0,
 } as const satisfies Partial<DistillOptions>;
 
@@ -344,6 +345,7 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
         imagesIn: (batch) => batch.ids.length,
         schedule,
         logEvery: r.logEvery,
+        tensorboard: r.tensorboard,
         evaluation: queries ? { every: r.evalEvery || r.epochs, run: () => ({ accuracy: score() }) } : undefined,
         backend: backend.name,
         describeStep: (batch) => `a step of ${batch.ids.length} images of ${size} px through ${studentName}`,

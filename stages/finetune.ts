@@ -95,6 +95,7 @@ export const FINETUNE_DEFAULTS = {
   resume: false,
   force: false,
   logEvery: 10,
+  tensorboard: false,
   evalEvery: 0,
 } as const satisfies Partial<FinetuneOptions>;
 
@@ -267,6 +268,7 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
         imagesIn: (batch) => batch.ids.length,
         schedule,
         logEvery: r.logEvery,
+        tensorboard: r.tensorboard,
         evaluation: queries ? { every: r.evalEvery || epochs, run: () => ({ accuracy: score() }) } : undefined,
         backend: backend.name,
         describeStep: (batch) => `a step of ${batch.ids.length} images of ${size} px through ${arch.model}`,

@@ -55,6 +55,7 @@ export const PRETRAIN_DEFAULTS = {
   resume: false,
   force: false,
   logEvery: 10,
+  tensorboard: false,
   knnHoldout: 0,
   knnEvery: 0,
   // lightly's and InstDisc's kNN protocol: 200 neighbours.
@@ -257,6 +258,7 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
         imagesIn: (batch) => 2 * batch.ids.length,
         schedule,
         logEvery: r.logEvery,
+        tensorboard: r.tensorboard,
         evaluation: knn?.hook,
         backend: backend.name,
         describeStep: (batch) => `a step of 2 × ${batch.ids.length} views of ${size} px through ${r.model}`,

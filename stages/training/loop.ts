@@ -1,10 +1,11 @@
 // The loop every training stage runs on: resume at (epoch, step) with the same data order, atomic
 // checkpoints per epoch and on a signal, metrics.jsonl, progress, the non-finite-loss and
-// out-of-memory stops, and an evaluation hook every K epochs. A stage brings its step and batches.
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+// out-of-memory stops, an evaluation hook every K epochs, and TensorBoard scalars. A stage brings its step and batches.
+import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../../data/files.ts';
+import { encodeEventsFile, EventsWriter, isEventsFile, readEvents } from '../../data/tfevents.ts';
 import { findCheckpoint, loadCheckpoint, saveCheckpoint, type JsonValue } from '../../models/checkpoint.ts';
 import type { BackendName } from '../../models/engine/backend.ts';
 import type { WeightDecayOptimizer } from '../../models/optimizers.ts';
@@ -41,6 +42,8 @@ export interface TrainingStageOptions {
   force?: boolean;
   /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
   logEvery?: number;
+  /** Also write every metrics.jsonl row as TensorBoard scalars, to an events.out.tfevents.* file in the stage directory. */
+  tensorboard?: boolean;
   /** Aborted on SIGINT/SIGTERM: the run checkpoints and stops. */
   signal?: AbortSignal;
   log?: (line: string) => void;
@@ -65,6 +68,8 @@ export interface TrainingRun<M extends string = string> {
   models: Record<M, tf.LayersModel>;
   optimizer: WeightDecayOptimizer;
   state: TrainingState;
+  /** The stage directory: checkpoint/, metrics.jsonl and the TensorBoard events files. */
+  outDir: string;
   checkpointDir: string;
   metricsFile: string;
   /** What must match for the checkpoint to be resumed; saved beside the state. */
@@ -90,8 +95,9 @@ export interface OpenTrainingOptions<M extends string> {
 /**
  * Starts a run in `outDir`. With `resume`, restores models, optimizer state and position from
  * `outDir/checkpoint` after checking that it was made with the same `key`, and drops the
- * metrics.jsonl rows written after that checkpoint (a killed run wrote them; they are run again).
- * Without it, refuses to replace a checkpoint unless `force`, and empties metrics.jsonl.
+ * metrics.jsonl rows and TensorBoard events written after that checkpoint (a killed run wrote them;
+ * they are run again). Without it, refuses to replace a checkpoint unless `force`, and empties
+ * metrics.jsonl and removes the events files.
  * On failure the models passed in are left to the caller, untouched.
  */
 export async function openTraining<M extends string>(options: OpenTrainingOptions<M>): Promise<TrainingRun<M>> {
@@ -104,6 +110,7 @@ export async function openTraining<M extends string>(options: OpenTrainingOption
     models: options.models,
     optimizer: options.optimizer,
     state: { epoch: 0, stepInEpoch: 0, globalStep: 0 },
+    outDir,
     checkpointDir,
     metricsFile,
     key,
@@ -120,6 +127,7 @@ export async function openTraining<M extends string>(options: OpenTrainingOption
     }
     // A fresh run replaces the metrics of any earlier one in this directory.
     await writeFileAtomic(metricsFile, '');
+    await dropEvents(stage, outDir, null);
     return run;
   }
   if (existing === null) throw new TrainingInputError(`${stage} --resume: no checkpoint in ${checkpointDir} to resume from`);
@@ -138,7 +146,27 @@ export async function openTraining<M extends string>(options: OpenTrainingOption
   run.models = loaded.models as Record<M, tf.LayersModel>;
   run.state = (loaded.state as unknown as { train: TrainingState }).train;
   await writeFileAtomic(metricsFile, (await metricsRows(metricsFile)).filter((r) => r.step <= run.state.globalStep).map((r) => JSON.stringify(r) + '\n').join(''));
+  await dropEvents(stage, outDir, run.state.globalStep);
   return run;
+}
+
+/** Removes the TensorBoard events files in `outDir` (`afterStep` null), or the events after `afterStep` from each. */
+async function dropEvents(stage: string, outDir: string, afterStep: number | null): Promise<void> {
+  for (const name of (await readdir(outDir)).filter(isEventsFile)) {
+    const file = join(outDir, name);
+    if (afterStep === null) {
+      await rm(file, { force: true });
+      continue;
+    }
+    let events;
+    try {
+      events = await readEvents(file);
+    } catch (err) {
+      throw new TrainingInputError(`${stage} --resume: ${(err as Error).message}; delete that file to resume without its scalars`);
+    }
+    const kept = events.filter((e) => e.step <= afterStep);
+    if (kept.length < events.length) await writeFileAtomic(file, encodeEventsFile(kept));
+  }
 }
 
 async function savedState(checkpointDir: string): Promise<{ train: TrainingState; key?: Record<string, JsonValue> }> {
@@ -215,6 +243,8 @@ export interface TrainingLoopOptions<B> {
   schedule(step: number): number;
   /** Steps between metrics.jsonl lines (there is always one per epoch as well). */
   logEvery: number;
+  /** Also write each metrics.jsonl row to a TensorBoard events file in the run's directory. */
+  tensorboard?: boolean;
   evaluation?: EvaluationHook;
   /** The epoch row's figures (and the evaluation's) as its log line (default: each averaged metric, images/s, seconds). */
   formatEpoch?(figures: Record<string, number>): string;
@@ -242,7 +272,6 @@ function isOutOfMemory(err: unknown): boolean {
 export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOptions<B>): Promise<TrainingResult> {
   const { stage, checkpointDir, optimizer } = run;
   const { epochs, stepsPerEpoch, logEvery, evaluation } = options;
-  const writeMetrics = (row: Record<string, unknown>) => appendFile(run.metricsFile, JSON.stringify(row) + '\n');
   const metrics: TrainingResult['metrics'] = { loss: NaN, images_per_second: NaN, epochs: 0, steps: run.state.globalStep };
   const result: TrainingResult = { metrics };
 
@@ -259,17 +288,27 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
     return result;
   }
 
-  if (evaluation?.atStart && run.state.globalStep === 0) {
-    result.initial = await evaluation.run({ epoch: 0, atStart: true });
-    await writeMetrics({ epoch: 0, step: 0, ...result.initial });
-  }
-
+  // A resumed run writes a new events file beside the earlier ones (openTraining cut them at the
+  // checkpoint's step): TensorBoard reads a directory's files as one run.
+  const events = options.tensorboard ? await EventsWriter.open(run.outDir) : null;
+  /** Appends a row to metrics.jsonl and, with TensorBoard on, its figures (tags under `prefix`) at its step. */
+  const writeMetrics = async (row: { step: number } & Record<string, unknown>, prefix = '') => {
+    await appendFile(run.metricsFile, JSON.stringify(row) + '\n');
+    if (events === null) return;
+    events.scalars(row.step, rowScalars(row, prefix));
+    await events.flush();
+  };
   let interrupted = false;
   const onAbort = () => {
     interrupted = true;
   };
-  options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    if (evaluation?.atStart && run.state.globalStep === 0) {
+      result.initial = await evaluation.run({ epoch: 0, atStart: true });
+      // Under epoch/ in TensorBoard: the first point of the evaluations the epoch rows carry.
+      await writeMetrics({ epoch: 0, step: 0, ...result.initial }, 'epoch/');
+    }
+    options.signal?.addEventListener('abort', onAbort, { once: true });
     for (let epoch = run.state.epoch; epoch < epochs; epoch++) {
       const skip = epoch === run.state.epoch ? run.state.stepInEpoch : 0;
       const epochSums = new Map<string, number>();
@@ -338,7 +377,7 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
         epochs: epoch + 1,
         steps: run.state.globalStep,
       });
-      const figures: Record<string, number> = {
+      const figures: { epoch: number; step: number } & Record<string, number> = {
         epoch: epoch + 1,
         step: run.state.globalStep,
         ...means(epochSums, Math.max(1, epochSteps)),
@@ -346,14 +385,14 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
         images_per_second: metrics.images_per_second,
         epoch_seconds: seconds,
       };
-      const row: Record<string, unknown> = { ...figures, summary: 'epoch' };
+      const row: { step: number } & Record<string, unknown> = { ...figures, summary: 'epoch' };
       if (evaluation && ((epoch + 1) % evaluation.every === 0 || epoch + 1 === epochs)) {
         const evaluated = await evaluation.run({ epoch: epoch + 1, atStart: false });
         Object.assign(metrics, evaluated);
         Object.assign(row, evaluated);
         Object.assign(figures, evaluated);
       }
-      await writeMetrics(row);
+      await writeMetrics(row, 'epoch/');
       await saveTraining(run, run.state);
       const summary =
         options.formatEpoch?.(figures) ??
@@ -362,8 +401,16 @@ export async function trainingLoop<B>(run: TrainingRun, options: TrainingLoopOpt
     }
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
+    await events?.close();
   }
   return result;
+}
+
+/** A metrics row's figures as TensorBoard scalars: every finite number but the step (the event's own), tagged `prefix + name`. */
+function rowScalars(row: Record<string, unknown>, prefix: string): Record<string, number> {
+  const scalars: Record<string, number> = {};
+  for (const [k, v] of Object.entries(row)) if (k !== 'step' && typeof v === 'number' && Number.isFinite(v)) scalars[prefix + k] = v;
+  return scalars;
 }
 
 function means(sums: Map<string, number>, count: number): Record<string, number> {

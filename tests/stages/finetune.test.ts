@@ -1,8 +1,9 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { isEventsFile, readEvents } from '../../data/tfevents.ts';
 import { layersModelFiles } from '../../models/checkpoint.ts';
 import { defaultFinetuneEpochs, finetune, type FinetuneOptions } from '../../stages/finetune.ts';
 import { pretrain } from '../../stages/pretrain.ts';
@@ -64,6 +65,25 @@ describe('finetune stage', () => {
     for (let i = 0; i < 8; i++) expect(plain[i]).toBeCloseTo(ours[i], 4);
     // Training moved the logits off zero.
     expect(ours.some((v) => Math.abs(v) > 1e-4)).toBe(true);
+  });
+
+  it('with tensorboard, writes an events file whose scalars are metrics.jsonl\'s numbers at their steps', async () => {
+    const outDir = await mkdtemp(join(tmpdir(), 'ft-tb-'));
+    const result = await finetune({ ...common, outDir, epochs: 2, logEvery: 1, tensorboard: true });
+    const rows = (await readFile(result.metricsFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const files = (await readdir(outDir)).filter(isEventsFile);
+    expect(files).toHaveLength(1);
+    const [version, ...events] = await readEvents(join(outDir, files[0]));
+    expect(version.fileVersion).toBe('brain.Event:2');
+    // Every number of a row but its step, as float32; the epoch rows' (loss, held-out accuracy, ...) under epoch/.
+    expect(events.map((e) => [e.step, e.scalars])).toEqual(
+      rows.map((r) => [
+        r.step,
+        Object.fromEntries(Object.entries(r).filter(([k, v]) => k !== 'step' && typeof v === 'number').map(([k, v]) => [`${r.summary === 'epoch' ? 'epoch/' : ''}${k}`, Math.fround(v as number)])),
+      ]),
+    );
+    expect(events.at(-1)!.scalars).toMatchObject({ 'epoch/accuracy': Math.fround(result.metrics.accuracy!), 'epoch/train_accuracy': expect.any(Number), 'epoch/lr': expect.any(Number) });
+    expect(events.map((e) => e.step)).toEqual([1, 2, 2, 3, 4, 4]);
   });
 
   it('a frozen encoder keeps its weights and batch-norm statistics; the head and classifier train', async () => {

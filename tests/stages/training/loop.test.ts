@@ -1,4 +1,4 @@
-import { appendFile, mkdtemp, readFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readFile, readlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -16,6 +16,7 @@ import {
   type TrainingLoopOptions,
 } from '../../../stages/training/loop.ts';
 import { epochPermutation } from '../../../data/random.ts';
+import { encodeEvent, encodeRecord, isEventsFile, readEvents, type TfEvent } from '../../../data/tfevents.ts';
 import { seededValues } from '../../helpers.ts';
 
 // A least-squares problem small enough to train in milliseconds: 12 rows of 3 features, batch 4.
@@ -249,6 +250,101 @@ describe('trainingLoop', () => {
     expect(lines).toEqual([`toy: the checkpoint in ${join(dir, 'checkpoint')} has finished all 3 epochs; nothing left to train`]);
     expect(await readFile(join(dir, 'metrics.jsonl'), 'utf8')).toBe(before);
     for (const s of [first, second]) {
+      s.run.models.net.dispose();
+      s.optimizer.dispose();
+    }
+  });
+});
+
+/** The events files of `dir`, by name (TensorBoard's order), and their scalar events in that order. */
+async function eventsIn(dir: string): Promise<{ files: string[]; events: TfEvent[] }> {
+  const files = (await readdir(dir)).filter(isEventsFile).sort();
+  const events: TfEvent[] = [];
+  for (const f of files) events.push(...(await readEvents(join(dir, f))).filter((e) => e.fileVersion === undefined));
+  return { files, events };
+}
+
+/** What a metrics.jsonl row should be in TensorBoard: every finite number but the step, as a float32, under `prefix`. */
+function expectedEvent(row: Record<string, unknown>, prefix: string): { step: unknown; scalars: Record<string, number> } {
+  const scalars: Record<string, number> = {};
+  for (const [k, v] of Object.entries(row)) if (k !== 'step' && typeof v === 'number' && Number.isFinite(v)) scalars[prefix + k] = Math.fround(v);
+  return { step: row.step, scalars };
+}
+
+/** How many of this process's file descriptors are open on `path` (Linux /proc). */
+async function openDescriptors(path: string): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
+  return n;
+}
+
+describe.runIf(process.platform === 'linux')('trainingLoop with tensorboard', () => {
+  beforeAll(async () => {
+    await useBackend('cpu');
+  });
+
+  it('writes every metrics.jsonl row as scalars at its step (epoch rows and the start evaluation under epoch/), finite numbers only, and closes the file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-tb-'));
+    const { run, options, optimizer } = await setUp(dir);
+    // `unknown` is NaN: null in metrics.jsonl, no scalar in TensorBoard.
+    await trainingLoop(run, { ...options, tensorboard: true, evaluation: { every: 1, atStart: true, run: ({ epoch }) => ({ probe: epoch / 10, unknown: NaN }) } });
+    const rows = await readRows(dir);
+    const { files, events } = await eventsIn(dir);
+    expect(files).toHaveLength(1);
+    expect(files[0]).toMatch(/^events\.out\.tfevents\.\d+\..+\.\d+$/);
+    expect(events.map((e) => ({ step: e.step, scalars: e.scalars }))).toEqual(rows.map((r) => expectedEvent(r, r.summary === 'epoch' || r.step === 0 ? 'epoch/' : '')));
+    expect(events[0].scalars).toEqual({ 'epoch/epoch': 0, 'epoch/probe': 0 });
+    expect(Object.keys(events[1].scalars!)).toEqual(['epoch', 'loss', 'max_error', 'lr', 'images_per_second']);
+    expect(Object.keys(events[2].scalars!)).toEqual(['epoch/epoch', 'epoch/loss', 'epoch/max_error', 'epoch/lr', 'epoch/images_per_second', 'epoch/epoch_seconds', 'epoch/probe']);
+    expect(rows[2].unknown).toBeNull();
+    expect(await openDescriptors(join(dir, files[0]))).toBe(0);
+    run.models.net.dispose();
+    optimizer.dispose();
+  });
+
+  it('writes nothing without the option, and a fresh run removes an earlier run\'s events files', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-tb-off-'));
+    const first = await setUp(dir);
+    await trainingLoop(first.run, { ...first.options, epochs: 1, tensorboard: true });
+    expect((await eventsIn(dir)).files).toHaveLength(1);
+    const second = await setUp(dir, false, 0.05, true);
+    await trainingLoop(second.run, { ...second.options, epochs: 1 });
+    expect((await eventsIn(dir)).files).toEqual([]);
+    for (const s of [first, second]) {
+      s.run.models.net.dispose();
+      s.optimizer.dispose();
+    }
+  });
+
+  it('closes the file on an interrupt and on a non-finite loss; after a kill and --resume each step is there once', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'loop-tb-resume-'));
+    const first = await setUp(dir);
+    const controller = new AbortController();
+    await expect(
+      trainingLoop(first.run, { ...first.options, tensorboard: true, signal: controller.signal, onProgress: ({ epoch, step }) => epoch === 1 && step === 1 && controller.abort() }),
+    ).rejects.toThrow(TrainingInterruptedError);
+    const [file] = (await eventsIn(dir)).files;
+    expect(await openDescriptors(join(dir, file))).toBe(0);
+    expect((await eventsIn(dir)).events.map((e) => e.step)).toEqual([2, 3]);
+    // What a run killed after the checkpoint at step 4 leaves: an event past it and a torn record.
+    const past = encodeRecord(encodeEvent({ wallTime: 1, step: 5, scalars: { loss: 1 } }));
+    await appendFile(join(dir, file), new Uint8Array([...past, ...past.subarray(0, 10)]));
+
+    const second = await setUp(dir, true);
+    const step = second.options.step;
+    const failing = { ...second.options, tensorboard: true, step: (b: Batch, info: Parameters<typeof step>[1]) => (info.globalStep === 7 ? { loss: Infinity } : step(b, info)) };
+    await expect(trainingLoop(second.run, failing)).rejects.toThrow(NonFiniteLossError);
+    for (const f of (await eventsIn(dir)).files) expect(await openDescriptors(join(dir, f))).toBe(0);
+
+    const third = await setUp(dir, true);
+    await trainingLoop(third.run, { ...third.options, tensorboard: true });
+    const rows = await readRows(dir);
+    const { files, events } = await eventsIn(dir);
+    expect(files.length).toBeGreaterThanOrEqual(1);
+    // The killed run's step 5 is gone; the resumed epoch's window (from step 4) closed at step 6, with the epoch.
+    expect(events.map((e) => e.step)).toEqual([2, 3, 6, 6, 8, 9]);
+    expect(events.map((e) => ({ step: e.step, scalars: e.scalars }))).toEqual(rows.map((r) => expectedEvent(r, r.summary === 'epoch' ? 'epoch/' : '')));
+    for (const s of [first, second, third]) {
       s.run.models.net.dispose();
       s.optimizer.dispose();
     }
