@@ -85,7 +85,8 @@ h4 { font-size: 13px; margin: 10px 0 4px; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border-bottom: 1px solid #e6e8eb; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f4f6f8; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td code { white-space: nowrap; }
 td.missing, .missing { color: #8a8f98; }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; white-space: nowrap; }
 .badge.ok { background: #e3f4e6; color: #1d6b2f; } .badge.run { background: #e4eefb; color: #1f4f8a; }
