@@ -8,7 +8,7 @@ import sharp from 'sharp';
 import { writeFileAtomic } from '../data/files.ts';
 import { readDataset, readManifest } from '../data/manifest.ts';
 import { augmentPreview } from '../stages/augment-preview.ts';
-import { Cell, badge, formatNumber, formatSeconds, html, numberCell, page, percentCell, raw, table, type Html } from './report-html.ts';
+import { Cell, badge, formatSeconds, html, numberCell, page, percentCell, raw, table, type Html } from './report-html.ts';
 import { confusionSpec, curveSpec, perClassSpec, renderSvg, type Point } from './report-plots.ts';
 import { labelTags, metric, readRunState, stageNamed, stageOf, type MetricsRow, type ReportStage, type RunState } from './report-run.ts';
 
@@ -169,8 +169,8 @@ function accuracySection(run: RunState): SectionBody {
     ['random-init encoder', 'kNN, held-out images (pretrain, before training)', metricCell(pretrain, 'knn_accuracy_random_init'), 'pretrain'],
     ['SimCLR encoder', 'kNN monitor, held-out images (pretrain, last)', metricCell(pretrain, 'knn_accuracy'), 'pretrain'],
   ];
-  const evalPretrain = run.stages.filter((s) => s.kind === 'evaluate-pretrain');
-  if (evalPretrain.length === 0) evalPretrain.push(undefined as unknown as ReportStage);
+  const evalPretrain: (ReportStage | undefined)[] = run.stages.filter((s) => s.kind === 'evaluate-pretrain');
+  if (evalPretrain.length === 0) evalPretrain.push(undefined); // shown as not yet run
   for (const s of evalPretrain) {
     const name = s?.name ?? 'evaluate-pretrain';
     encoderRows.push(['SimCLR encoder', 'kNN (evaluate)', metricCell(s, 'knn_accuracy'), name]);
