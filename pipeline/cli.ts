@@ -290,6 +290,23 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       },
     )
     .command(
+      'report',
+      'rebuild RUN_DIR/report/index.html from what is on disk (also mid-run): curves, accuracy table, confusion matrices, predictions, timings, configs',
+      (y) => y.option('run-dir', { type: 'string', demandOption: true, describe: 'run directory' }).example('$0 report --run-dir runs/cifar', 'prints the path of the page'),
+      async (argv) => {
+        const { buildReport } = await import('./report.ts');
+        const result = await buildReport({
+          runDir: argv.runDir as string,
+          // Only a section that could not be built is logged (the page shows its error too).
+          log: (line) => {
+            if (!argv.json || argv.verbose) io.stderr(line);
+          },
+        });
+        if (argv.json) io.stdout(JSON.stringify({ command: 'report', path: result.path, sections: result.sections, stages: result.stages }));
+        else io.stdout(result.path);
+      },
+    )
+    .command(
       'inspect <path>',
       'describe a dataset directory, a shard or a run directory: schema, counts, metrics',
       (y) => y.positional('path', { type: 'string', describe: 'dataset dir, .arrow shard or run dir' }).option('rows', { type: 'number', default: 3, describe: 'rows to show' })
