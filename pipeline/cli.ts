@@ -130,6 +130,7 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
           from: argv.from as string | undefined,
           until: argv.until as string | undefined,
           env: { log, json: argv.json, io, signal },
+          report: async (dir) => (await (await import('./report.ts')).buildReport({ runDir: dir, log })).path,
         }),
       io,
     );
