@@ -361,35 +361,79 @@ export async function* readDataset<S extends SchemaName = SchemaName>(
   }
 }
 
+/** Part indices are written with five digits: `part-IIIII-of-NNNNN`. */
+export const MAX_PARTS = 99_999;
+
 /** Part p of n of a partitioned job writes `${partPrefix(p, n)}.manifest.json` etc. (see ingest). */
 export function partPrefix(index: number, count: number): string {
   return `part-${String(index).padStart(5, '0')}-of-${String(count).padStart(5, '0')}`;
 }
 
+const PART_MANIFEST = /^part-(\d{5})-of-(\d{5})\.manifest\.json$/;
+
+/** What a part of a partitioned ingest records of the job that wrote it (stages/ingest.ts). */
+interface PartInfo {
+  index?: number;
+  count?: number;
+  config_sha256?: string;
+  listing_sha256?: string;
+  listing_images?: number;
+}
+
+/** The fields every part of one partitioned job must agree on, with how to show each. */
+const PART_AGREEMENT: [string, (m: DatasetManifest) => unknown][] = [
+  ['schema', (m) => m.schema],
+  ['classes', (m) => m.classes],
+  ['image_shape', (m) => m.image_shape ?? null],
+  ['dim', (m) => m.dim ?? null],
+  ['source', (m) => m.source ?? null],
+  ['config (part.config_sha256)', (m) => (m.part as PartInfo | undefined)?.config_sha256 ?? null],
+  ['input listing (part.listing_sha256)', (m) => (m.part as PartInfo | undefined)?.listing_sha256 ?? null],
+];
+
 /**
  * Combines the part manifests of a partitioned job (`part-IIIII-of-NNNNN.manifest.json`, all N of
  * them) in `dir` into one manifest.json and their `.rejected.jsonl` lists into rejected.jsonl.
- * Shards stay where they are; rows are in part order. Throws naming missing or inconsistent parts.
+ * Each part's shards are re-hashed first. Shards stay where they are; rows are in part order
+ * (a one-process run's order: parts are contiguous). Throws one line naming the missing parts,
+ * a damaged shard, or the first field in which two parts differ (parts of two configs).
  */
 export async function mergePartManifests(dir: string): Promise<DatasetManifest> {
-  const names = (await readdir(dir)).filter((f) => /^part-\d{5}-of-\d{5}\.manifest\.json$/.test(f)).sort();
-  if (names.length === 0) throw new ManifestError(dir, 'no part-*-of-*.manifest.json files to merge');
-  const count = Number(names[0].slice(14, 19));
-  const missing: string[] = [];
-  for (let p = 0; p < count; p++) if (!names.includes(`${partPrefix(p, count)}.manifest.json`)) missing.push(partPrefix(p, count));
-  if (missing.length > 0) throw new ManifestError(dir, `cannot merge: missing ${missing.join(', ')}`);
-  if (names.length !== count) throw new ManifestError(dir, `cannot merge: parts of different counts present (${names.join(', ')})`);
+  const found = (await readdir(dir)).map((f) => PART_MANIFEST.exec(f)).filter((m) => m !== null);
+  if (found.length === 0) throw new ManifestError(dir, 'no part-*-of-*.manifest.json files to merge');
+  const counts = [...new Set(found.map((m) => Number(m[2])))].sort((a, b) => a - b);
+  if (counts.length > 1) {
+    throw new ManifestError(dir, `cannot merge: parts of ${counts.map((c) => `${c}`).join(' and ')} parts in one directory (two partitioned runs); remove the part-*-of-* files of the one that is not current`);
+  }
+  const count = counts[0];
+  const have = new Set(found.map((m) => Number(m[1])));
+  const missing: number[] = [];
+  for (let p = 0; p < count; p++) if (!have.has(p)) missing.push(p);
+  if (missing.length > 0) {
+    throw new ManifestError(dir, `cannot merge: ${missing.length} of ${count} parts missing or unfinished: ${missing.join(', ')} (${missing.slice(0, 3).map((p) => partPrefix(p, count)).join(', ')}${missing.length > 3 ? ', ...' : ''}); re-run those parts (--shard-index I --num-shards ${count})`);
+  }
+  const names = Array.from({ length: count }, (_, p) => `${partPrefix(p, count)}.manifest.json`);
   const parts = await Promise.all(names.map((n) => readManifest(join(dir, n))));
   const first = parts[0];
-  const merged: DatasetManifest = { ...first, rows: 0, class_counts: {}, shards: [], rejected: 0 };
-  delete merged.part;
-  const rejectedLines: string[] = [];
-  for (let p = 0; p < parts.length; p++) {
+  for (let p = 0; p < count; p++) {
     const m = parts[p];
     const path = join(dir, names[p]);
-    if (m.schema !== first.schema || JSON.stringify(m.classes) !== JSON.stringify(first.classes) || JSON.stringify(m.image_shape) !== JSON.stringify(first.image_shape) || m.dim !== first.dim) {
-      throw new ManifestError(path, `schema, classes or shape differ from ${names[0]}`);
+    const info = m.part as PartInfo | undefined;
+    if (info && (info.index !== p || info.count !== count)) throw new ManifestError(path, `records part ${info.index} of ${info.count}, not ${p} of ${count}`);
+    for (const [field, value] of PART_AGREEMENT) {
+      const [a, b] = [JSON.stringify(value(m)), JSON.stringify(value(first))];
+      if (a !== b) throw new ManifestError(path, `cannot merge: its ${field} is ${a}, ${names[0]}'s is ${b} (parts of two different runs); re-run the parts with one config`);
     }
+    const { problems } = await verifyManifest(dir, m);
+    if (problems.length > 0) throw new ManifestError(path, `cannot merge part ${p}: ${problems[0]}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`.replace(/; re-run the stage that produced it with --force/, `; re-run part ${p} (--shard-index ${p} --num-shards ${count})`));
+  }
+  const merged: DatasetManifest = { ...first, rows: 0, class_counts: {}, shards: [], rejected: 0 };
+  delete merged.part;
+  const info = first.part as PartInfo | undefined;
+  merged.parts = { count, ...(info?.config_sha256 ? { config_sha256: info.config_sha256, listing_sha256: info.listing_sha256 } : {}) };
+  const rejectedLines: string[] = [];
+  for (let p = 0; p < count; p++) {
+    const m = parts[p];
     merged.rows += m.rows;
     merged.shards.push(...m.shards);
     merged.rejected = (merged.rejected ?? 0) + (m.rejected ?? 0);
@@ -401,8 +445,17 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
       // a part without rejected files may have no list
     }
   }
+  // The shards of a one-process dataset this merge replaces go once the new manifest is in place.
+  let old: DatasetManifest | null = null;
+  try {
+    old = await readManifest(join(dir, MANIFEST_FILE));
+  } catch {
+    old = null;
+  }
   await writeFileAtomic(join(dir, 'rejected.jsonl'), rejectedLines.join(''));
   await writeManifest(dir, merged);
+  const keep = new Set(merged.shards.map((s) => s.path));
+  for (const s of old?.shards ?? []) if (!keep.has(s.path)) await rm(join(dir, s.path), { force: true });
   return merged;
 }
 

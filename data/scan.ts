@@ -176,7 +176,11 @@ export function limitPerClass(entries: ScanEntry[], limit: number): ScanEntry[] 
   });
 }
 
-/** Entries whose position in the list mod `count` is `index`: one of `count` disjoint parts. */
+/**
+ * Part `index` of `count` disjoint, contiguous parts of the list (sizes differ by at most one):
+ * parts joined in order are the list itself, so a merged partitioned ingest has the rows of a
+ * one-process ingest in the same order (and trains the same with the same seed).
+ */
 export function takePart<T>(entries: T[], index: number, count: number): T[] {
-  return count === 1 ? entries : entries.filter((_, i) => i % count === index);
+  return count === 1 ? entries : entries.slice(Math.floor((index * entries.length) / count), Math.floor(((index + 1) * entries.length) / count));
 }

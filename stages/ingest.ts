@@ -1,13 +1,14 @@
 // Ingest stage: an image folder or CSV list → size×size RGB `images` shards + dataset manifest,
 // decoding in a Piscina pool of sharp workers; unusable files are listed in rejected.jsonl.
 import 'sharp'; // load the native addon in the main thread before workers do (sharp's advice for worker pools)
+import { createHash } from 'node:crypto';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Piscina } from 'piscina';
 import type { DecodeResult, DecodeTask } from '../data/decode-worker.ts';
 import { writeFileAtomic } from '../data/files.ts';
-import { MANIFEST_FILE, partPrefix, publishDataset, removeDatasetLeftovers, type DatasetManifest } from '../data/manifest.ts';
+import { MANIFEST_FILE, MAX_PARTS, partPrefix, publishDataset, removeDatasetLeftovers, type DatasetManifest } from '../data/manifest.ts';
 import { ScanInputError, limitPerClass as limitEntries, scanInput, takePart, type ScanEntry, type ScanRejected } from '../data/scan.ts';
 import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ShardWriter } from '../data/shards.ts';
@@ -97,7 +98,7 @@ function resolveOptions(options: IngestOptions): ResolvedOptions {
   positiveInt('workers', 256);
   positiveInt('batchSize', 4096);
   positiveInt('maxInputPixels');
-  positiveInt('numShards', 100_000);
+  positiveInt('numShards', MAX_PARTS);
   positiveInt('maxRowsPerShard');
   positiveInt('maxBytesPerShard');
   if (o.limitPerClass !== undefined) positiveInt('limitPerClass');
@@ -242,7 +243,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       rejected: rejected.length,
       source: { input: resolve(o.input), kind: scan.kind, unlabeled: o.unlabeled, limit_per_class: o.limitPerClass ?? null },
       preprocessing: 'EXIF orientation applied; shorter side resized to size (Lanczos3), centre crop; alpha flattened onto black; 8-bit sRGB RGB, HWC',
-      ...(o.numShards > 1 ? { part: { index: o.shardIndex, count: o.numShards } } : {}),
+      ...(o.numShards > 1 ? { part: { index: o.shardIndex, count: o.numShards, ...partIdentity(o, scan.kind, limited) } } : {}),
     };
     const manifestPath = await publishDataset(outDir, shards, manifest, names.manifest);
     await removeStaleShards(outDir, names.shardPrefix, new Set(shards.map((s) => s.path)));
@@ -256,6 +257,17 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   } finally {
     await pool.destroy();
   }
+}
+
+/**
+ * What every part of one partitioned ingest must share, for the merge to refuse a mix: the options
+ * that decide the rows, and the whole (limited) sorted list the parts are cut from.
+ */
+function partIdentity(o: ResolvedOptions, kind: string, list: readonly ScanEntry[]): { config_sha256: string; listing_sha256: string; listing_images: number } {
+  const config = { input: resolve(o.input), kind, size: o.size, unlabeled: o.unlabeled, limit_per_class: o.limitPerClass ?? null, max_input_pixels: o.maxInputPixels, strict: o.strict };
+  const listing = createHash('sha256');
+  for (const e of list) listing.update(`${e.id}\0${e.label ?? ''}\n`);
+  return { config_sha256: createHash('sha256').update(JSON.stringify(config)).digest('hex'), listing_sha256: listing.digest('hex'), listing_images: list.length };
 }
 
 /** Shards of an earlier run with more shards than this one would otherwise linger beside ours. */

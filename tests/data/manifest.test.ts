@@ -173,15 +173,28 @@ describe('mergePartManifests', () => {
       if (p === 0) await expect(mergePartManifests(dir)).rejects.toThrow(/no part-/);
       await writeManifest(dir, m, `${partPrefix(p, 2)}.manifest.json`);
       if (p === 1) await writeFile(join(dir, `${partPrefix(p, 2)}.rejected.jsonl`), '{"path":"x/bad.jpg","reason":"truncated"}\n');
-      if (p === 0) await expect(mergePartManifests(dir)).rejects.toThrow(/missing part-00001-of-00002/);
+      if (p === 0) await expect(mergePartManifests(dir)).rejects.toThrow(/1 of 2 parts missing or unfinished: 1 \(part-00001-of-00002\); re-run those parts \(--shard-index I --num-shards 2\)/);
     }
     const merged = await mergePartManifests(dir);
     expect(merged.rows).toBe(20);
     expect(merged.class_counts).toEqual({ a: 10, b: 10 });
     expect(merged.rejected).toBe(1);
     expect(merged.shards.map((s) => s.path)).toEqual([...parts[0].shards, ...parts[1].shards].map((s) => s.path));
+    expect(merged.parts).toEqual({ count: 2 });
     expect(await readManifest(dir)).toEqual(merged);
     expect(await readFile(join(dir, 'rejected.jsonl'), 'utf8')).toBe('{"path":"x/bad.jpg","reason":"truncated"}\n');
     expect((await verifyManifest(dir)).ok).toBe(true);
+  });
+
+  it('refuses parts of two configs or two counts, and a part recording another index', async () => {
+    const part = (p: number, count: number, config: string) => ({ index: p, count, config_sha256: config.repeat(64), listing_sha256: 'c'.repeat(64), listing_images: 20 });
+    await writeManifest(dir, { ...(await makeDataset(`${partPrefix(0, 2)}-shard`)), part: part(0, 2, 'a') }, `${partPrefix(0, 2)}.manifest.json`);
+    await writeManifest(dir, { ...(await makeDataset(`${partPrefix(1, 2)}-shard`)), part: part(1, 2, 'b') }, `${partPrefix(1, 2)}.manifest.json`);
+    await expect(mergePartManifests(dir)).rejects.toThrow(/part-00001-of-00002\.manifest\.json: cannot merge: its config \(part\.config_sha256\) is "b{64}", part-00000-of-00002\.manifest\.json's is "a{64}" \(parts of two different runs\)/);
+    await writeManifest(dir, { ...(await makeDataset(`${partPrefix(1, 2)}-shard`)), part: part(0, 2, 'a') }, `${partPrefix(1, 2)}.manifest.json`);
+    await expect(mergePartManifests(dir)).rejects.toThrow(/part-00001-of-00002\.manifest\.json: records part 0 of 2, not 1 of 2/);
+    await writeManifest(dir, { ...(await makeDataset(`${partPrefix(0, 3)}-shard`)), part: part(0, 3, 'a') }, `${partPrefix(0, 3)}.manifest.json`);
+    await expect(mergePartManifests(dir)).rejects.toThrow(/cannot merge: parts of 2 and 3 parts in one directory/);
+    await expect(readManifest(dir)).rejects.toThrow(/no manifest/);
   });
 });

@@ -190,10 +190,11 @@ describe('ingest options', () => {
     expect(merged.class_counts).toEqual({ blue: 2, green: 3, red: 3 });
     const all = await rowsOf(out);
     const whole = await rowsOf(join(root, 'all'));
-    expect([...all.keys()].sort()).toEqual([...whole.keys()].sort());
+    // Parts are contiguous runs of the sorted list: merged, the rows come in the one-process order.
+    expect([...all.keys()]).toEqual([...whole.keys()]);
     for (const [id, row] of all) expect(row.pixels).toEqual(whole.get(id)!.pixels);
-    // Part p takes the images at sorted positions p, p+3, ... of the 12 in class folders (4 each);
-    // stray.png is the only scan-level reject, at position 0 of that list, so part 0's.
+    // Part p takes sorted positions [4p, 4p + 4) of the 12 images in class folders;
+    // stray.png is the only scan-level reject, the one entry of that list, so the last part's.
     const part1 = await readManifest(join(out, 'part-00001-of-00003.manifest.json'));
     expect(part1.rows + (part1.rejected ?? 0)).toBe(4);
   });
