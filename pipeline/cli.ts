@@ -96,6 +96,7 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       inputs,
       force: Boolean(argv.force),
       volatile: stage.volatile,
+      lockStageDir: stage.isPart?.(config) ?? false,
       log,
       body: (ctx) => withInterruptSignal((signal) => stage.run(ctx, { log, json: argv.json, io, signal }), io),
     });
@@ -288,6 +289,24 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         });
         (progress as ReturnType<typeof createProgress> | null)?.finish();
         if (argv.json) io.stdout(JSON.stringify({ command: 'predict', out: result.out, rows: result.rows, rejected: result.rejected, rejected_list: result.rejectedPath, images_per_second: result.imagesPerSecond, backend: result.backend }));
+      },
+    )
+    .command(
+      'merge <dir>',
+      'join the parts of a partitioned ingest (--num-shards N) into one dataset: every part present and intact, one config; exit 2 naming what is missing',
+      (y) =>
+        y
+          .positional('dir', { type: 'string', describe: 'the dataset dir the parts wrote (pipeline ingest --out DIR), or RUN_DIR / RUN_DIR/ingest' })
+          .example('$0 merge runs/cifar', 'after the Indexed Job or Slurm array of `pipeline run ingest --num-shards N`'),
+      async (argv) => {
+        const { mergeParts } = await import('./merge.ts');
+        const result = await mergeParts({
+          dir: argv.dir as string,
+          log: (line) => {
+            if (!argv.json || argv.verbose) io.stderr(line);
+          },
+        });
+        if (argv.json) io.stdout(JSON.stringify({ command: 'merge', dir: result.dir, parts: result.parts, rows: result.manifest.rows, shards: result.manifest.shards.length, rejected: result.manifest.rejected ?? 0, run_dir: result.runDir }));
       },
     )
     .command(

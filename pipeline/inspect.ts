@@ -50,7 +50,8 @@ async function describeRunDir(path: string): Promise<ShownStage[]> {
     const m = await readStageManifest(join(path, e.name));
     if (m?.stage !== e.name) continue;
     // A lock without a stage (an older one, or not the stage runner's) may be working on any stage.
-    const live = holder !== null && (holder.stage === undefined || holder.stage === m.stage);
+    // A part job (ingest-part-2-of-8) locks its own directory only.
+    const live = (holder !== null && (holder.stage === undefined || holder.stage === m.stage)) || (/-part-\d+-of-\d+$/.test(m.stage) && (await liveLockHolder(join(path, e.name))) !== null);
     if (m.status === 'running' && !live) stages.push({ ...m, status: 'interrupted', hint: continueHint(m.command ?? m.stage, path) });
     else stages.push(m);
   }

@@ -143,6 +143,8 @@ export interface RunStageOptions {
   log?: (line: string) => void;
   /** The caller holds the run-dir lock already (`run all` takes it once for the whole run). */
   lockHeld?: boolean;
+  /** Lock only the stage's own directory (a part job: the parts of one map stage run side by side). */
+  lockStageDir?: boolean;
   body: (ctx: StageContext) => Promise<StageOutcome>;
 }
 
@@ -174,7 +176,7 @@ export type RunStageResult = { skipped: true; manifest: StageManifest } | { skip
 export async function runStage(opts: RunStageOptions): Promise<RunStageResult> {
   const { stage, runDir, config, log = () => {} } = opts;
   const stageDir = join(runDir, stage);
-  const release = opts.lockHeld ? async () => {} : await acquireRunLock(runDir, { log, stage });
+  const release = opts.lockHeld ? async () => {} : await acquireRunLock(opts.lockStageDir ? stageDir : runDir, { log, stage });
   try {
     const { hash, inputs, previous, upToDate } = await stageState(opts);
     if (!opts.force && upToDate) {

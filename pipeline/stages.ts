@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ENCODERS } from '../models/resnet.ts';
 import { OPTIMIZER_NAMES } from '../models/optimizers.ts';
-import type { DatasetManifest } from '../data/manifest.ts';
+import { MAX_PARTS, type DatasetManifest } from '../data/manifest.ts';
 import { AUGMENT_DEFAULTS, augmentStage } from '../stages/augment.ts';
 import { INGEST_DEFAULTS, ingest } from '../stages/ingest.ts';
 import { DISTILL_DEFAULTS, distill, teacherLogitsPart } from '../stages/distill.ts';
@@ -50,6 +50,8 @@ export interface TypedStageDefinition<S extends OptionSpecs> {
   standalone?(config: StageConfig<S>, outDir: string, env: StageEnv): Promise<Record<string, unknown>>;
   /** Its directory (and manifest `stage`) in the run dir when not the stage's name. */
   dirName?(config: StageConfig<S>): string;
+  /** A part job: it locks only its own directory, so the parts of one map stage run side by side. */
+  isPart?(config: StageConfig<S>): boolean;
 }
 
 /** A stage as the CLI sees it: configs resolved from its specs by resolveConfig. */
@@ -61,6 +63,7 @@ export interface StageDefinition {
   run(ctx: StageContext, env: StageEnv): Promise<StageOutcome>;
   standalone?(config: ResolvedConfig, outDir: string, env: StageEnv): Promise<Record<string, unknown>>;
   dirName?(config: ResolvedConfig): string;
+  isPart?(config: ResolvedConfig): boolean;
 }
 
 /**
@@ -72,16 +75,34 @@ function defineStage<const S extends OptionSpecs>(definition: TypedStageDefiniti
   return definition as unknown as StageDefinition;
 }
 
-/** Part of a distributed job: explicit flags first, then Kubernetes Indexed Jobs, then Slurm arrays. */
+/**
+ * Part of a distributed job: explicit flags first, then Kubernetes Indexed Jobs, then Slurm arrays.
+ * A count outside [1, MAX_PARTS] or an index outside [0, count) is a ConfigError naming where each came from.
+ */
 export function shardFromEnvironment(config: { shardIndex?: number; numShards?: number }, env: NodeJS.ProcessEnv = process.env): { shardIndex: number; numShards: number } {
-  const fromEnv = env.JOB_COMPLETION_INDEX ?? env.SLURM_ARRAY_TASK_ID;
-  const shardIndex = config.shardIndex ?? (fromEnv !== undefined ? Number(fromEnv) : 0);
-  const numShards = config.numShards ?? (env.SLURM_ARRAY_TASK_COUNT !== undefined ? Number(env.SLURM_ARRAY_TASK_COUNT) : 1);
-  if (!Number.isInteger(shardIndex) || shardIndex < 0) throw new ConfigError(`shard index ${JSON.stringify(fromEnv)} from the environment is not a non-negative integer`);
+  const indexFrom = config.shardIndex !== undefined ? '--shard-index' : env.JOB_COMPLETION_INDEX !== undefined ? 'JOB_COMPLETION_INDEX' : env.SLURM_ARRAY_TASK_ID !== undefined ? 'SLURM_ARRAY_TASK_ID' : null;
+  const countFrom = config.numShards !== undefined ? '--num-shards' : env.SLURM_ARRAY_TASK_COUNT !== undefined ? 'SLURM_ARRAY_TASK_COUNT' : null;
+  // Environment values are strings: only plain digits count ('', ' 3' and '1e2' are not an index).
+  const fromEnv = (raw: string | undefined) => (raw !== undefined && /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN);
+  const shardIndex = config.shardIndex ?? (indexFrom === null ? 0 : fromEnv(indexFrom === 'JOB_COMPLETION_INDEX' ? env.JOB_COMPLETION_INDEX : env.SLURM_ARRAY_TASK_ID));
+  const numShards = config.numShards ?? (countFrom === null ? 1 : fromEnv(env.SLURM_ARRAY_TASK_COUNT));
+  const given = (from: string | null, value: number) => (from !== null && from.startsWith('--') ? String(value) : JSON.stringify(from === 'JOB_COMPLETION_INDEX' ? env.JOB_COMPLETION_INDEX : from === 'SLURM_ARRAY_TASK_ID' ? env.SLURM_ARRAY_TASK_ID : env.SLURM_ARRAY_TASK_COUNT));
+  if (!Number.isInteger(numShards) || numShards < 1 || numShards > MAX_PARTS) {
+    throw new ConfigError(`number of parts (${countFrom}) must be an integer in [1, ${MAX_PARTS}], got ${given(countFrom, numShards)}`);
+  }
+  if (!Number.isInteger(shardIndex) || shardIndex < 0) throw new ConfigError(`shard index (${indexFrom}) must be a non-negative integer, got ${given(indexFrom, shardIndex)}`);
   if (numShards === 1 && shardIndex > 0) {
-    throw new ConfigError(`shard index ${shardIndex} (from --shard-index or the job environment) needs --num-shards`);
+    throw new ConfigError(`shard index ${shardIndex} (from ${indexFrom}) needs --num-shards (or SLURM_ARRAY_TASK_COUNT)`);
+  }
+  if (shardIndex >= numShards) {
+    throw new ConfigError(`shard index ${shardIndex} (from ${indexFrom}) must be below the number of parts ${numShards} (from ${countFrom}): parts are 0 to ${numShards - 1} (Slurm: --array=0-${numShards - 1})`);
   }
   return { shardIndex, numShards };
+}
+
+/** A part job's directory in the run dir (its stage manifest and lock): `ingest-part-2-of-8`. */
+export function partDirName(stage: string, shardIndex: number, numShards: number): string {
+  return `${stage}-part-${shardIndex}-of-${numShards}`;
 }
 
 const ingestOptions = defineOptions({
@@ -92,7 +113,7 @@ const ingestOptions = defineOptions({
   strict: { type: 'boolean', default: INGEST_DEFAULTS.strict, describe: 'fail on the first unusable file instead of skipping it' },
   maxInputPixels: { type: 'int', min: 1, describe: 'refuse images with more pixels (default 16383²)' },
   shardIndex: { type: 'int', min: 0, describe: 'this job\'s part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)' },
-  numShards: { type: 'int', min: 1, describe: 'number of parts (default $SLURM_ARRAY_TASK_COUNT or 1)' },
+  numShards: { type: 'int', min: 1, max: MAX_PARTS, describe: 'number of parts; > 1: ingest this part (files part-IIIII-of-NNNNN-* in the dataset dir), then `pipeline merge` (default $SLURM_ARRAY_TASK_COUNT or 1)' },
 });
 
 async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: string, env: StageEnv) {
@@ -207,7 +228,7 @@ const distillOptions = defineOptions({
   tensorboard: { type: 'boolean', default: dd.tensorboard, describe: 'also write the metrics as TensorBoard scalars (events.out.tfevents.* in the stage directory)' },
   evalEvery: { type: 'int', default: dd.evalEvery, min: 0, describe: 'score the held-out images every N epochs (0: after the last only)' },
   shardIndex: { type: 'int', min: 0, describe: "a part job of the teacher pass: this job's part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)" },
-  numShards: { type: 'int', min: 1, describe: 'parts of the teacher pass; > 1: compute this part of the teacher logits and stop (default $SLURM_ARRAY_TASK_COUNT or 1)' },
+  numShards: { type: 'int', min: 1, max: MAX_PARTS, describe: 'parts of the teacher pass; > 1: compute this part of the teacher logits and stop (default $SLURM_ARRAY_TASK_COUNT or 1)' },
 });
 
 const e = EVALUATE_DEFAULTS;
@@ -269,12 +290,28 @@ export const STAGES: Record<string, StageDefinition> = {
   ingest: defineStage({
     describe: 'image folder or CSV list → images dataset (Arrow shards) in RUN_DIR/ingest',
     options: ingestOptions,
-    volatile: ['workers'],
+    // The parts, merged, hold the one-process rows in order: `pipeline merge` records the parts'
+    // config hash as the ingest stage's, so the stages after it see an up-to-date ingest.
+    volatile: ['workers', 'shardIndex', 'numShards'],
     inputs: async (config) => {
       if (!config.input) throw new ConfigError('--input is required (an image folder or a CSV list)');
       return [config.input];
     },
+    // A part job's stage manifest is RUN_DIR/ingest-part-I-of-N; its files go to RUN_DIR/ingest.
+    dirName: (config) => {
+      const { shardIndex, numShards } = shardFromEnvironment(config);
+      return numShards > 1 ? partDirName('ingest', shardIndex, numShards) : 'ingest';
+    },
+    isPart: (config) => shardFromEnvironment(config).numShards > 1,
     run: async (ctx, env) => {
+      if (shardFromEnvironment(ctx.config).numShards > 1) {
+        const dataset = join(ctx.runDir, 'ingest');
+        const result = await runIngest(ctx.config, dataset, env);
+        return {
+          outputs: [{ path: result.manifestPath, rows: result.rows }, ...result.manifest.shards.map((s) => ({ path: join(dataset, s.path), rows: s.rows }))],
+          metrics: { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond },
+        };
+      }
       const result = await runIngest(ctx.config, ctx.stageDir, env);
       return datasetOutcome(ctx.stageDir, result.manifest, { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond });
     },
@@ -368,7 +405,8 @@ export const STAGES: Record<string, StageDefinition> = {
   distill: defineStage({
     describe: "distil the fine-tuned teacher into a student on the images (teacher logits cached in RUN_DIR/distill/teacher-logits) → RUN_DIR/distill/checkpoint",
     options: distillOptions,
-    volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
+    // Parts only fill the logits cache: the distill run after them has the same config hash as one without.
+    volatile: ['workers', 'resume', 'logEvery', 'tensorboard', 'shardIndex', 'numShards'],
     inputs: async (config, runDir) => {
       const paths = [config.data ?? join(runDir, 'ingest'), checkpointIndex(config.teacher ?? join(runDir, 'finetune'))];
       if (config.labels !== undefined && parseLabelSpec(config.labels).kind === 'file') paths.push(config.labels);
@@ -377,8 +415,9 @@ export const STAGES: Record<string, StageDefinition> = {
     // A part job of the teacher pass has its own manifest; the logits go to RUN_DIR/distill/teacher-logits.
     dirName: (config) => {
       const { shardIndex, numShards } = shardFromEnvironment(config);
-      return numShards > 1 ? `distill-part-${shardIndex}-of-${numShards}` : 'distill';
+      return numShards > 1 ? partDirName('distill', shardIndex, numShards) : 'distill';
     },
+    isPart: (config) => shardFromEnvironment(config).numShards > 1,
     run: async (ctx, env) => {
       const c = ctx.config;
       const { shardIndex, numShards } = shardFromEnvironment(c);

@@ -1,7 +1,9 @@
 // Procedural labeled image set (shapes and textures in class folders, PNG and JPEG via sharp), so a
 // user with no data of their own, and the tests, can run the real ingest and training on files.
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 
 export const SYNTHETIC_CLASSES = ['disc', 'square', 'triangle', 'ring', 'hstripes', 'vstripes', 'checker', 'cross'] as const;
@@ -102,4 +104,16 @@ export async function makeSyntheticDataset({ dir, perClass = 100, size = 40, see
     }
   }
   return written;
+}
+
+// `node bin/run-ts.mjs scripts/synthetic.ts --out DIR [--per-class N] [--size S] [--seed K]`: the folder
+// for a quick try or an end-to-end check (scripts/e2e-slurm.sh).
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({ options: { out: { type: 'string' }, 'per-class': { type: 'string', default: '100' }, size: { type: 'string', default: '40' }, seed: { type: 'string', default: '0' } } });
+  if (!values.out) {
+    console.error('usage: synthetic.ts --out DIR [--per-class N] [--size S] [--seed K]');
+    process.exit(2);
+  }
+  const written = await makeSyntheticDataset({ dir: values.out, perClass: Number(values['per-class']), size: Number(values.size), seed: Number(values.seed) });
+  console.log(`synthetic: ${written} images in ${SYNTHETIC_CLASSES.length} class folders under ${values.out}`);
 }

@@ -104,4 +104,14 @@ describe('pipeline CLI', () => {
     expect(shardFromEnvironment({ shardIndex: 1, numShards: 3 }, { JOB_COMPLETION_INDEX: '5' })).toEqual({ shardIndex: 1, numShards: 3 });
     expect(() => shardFromEnvironment({}, { JOB_COMPLETION_INDEX: '5' })).toThrow(/needs --num-shards/);
   });
+
+  it.each([
+    [{ numShards: 4 }, { JOB_COMPLETION_INDEX: '4' }, 'shard index 4 (from JOB_COMPLETION_INDEX) must be below the number of parts 4 (from --num-shards): parts are 0 to 3 (Slurm: --array=0-3)'],
+    [{}, { SLURM_ARRAY_TASK_ID: '1', SLURM_ARRAY_TASK_COUNT: 'x' }, 'number of parts (SLURM_ARRAY_TASK_COUNT) must be an integer in [1, 99999], got "x"'],
+    [{ numShards: 2 }, { JOB_COMPLETION_INDEX: '-1' }, 'shard index (JOB_COMPLETION_INDEX) must be a non-negative integer, got "-1"'],
+    [{ numShards: 2 }, { SLURM_ARRAY_TASK_ID: '' }, 'shard index (SLURM_ARRAY_TASK_ID) must be a non-negative integer, got ""'],
+    [{ shardIndex: 3, numShards: 3 }, {}, 'shard index 3 (from --shard-index) must be below the number of parts 3 (from --num-shards)'],
+  ])('refuses a part outside the count: %j %j', (config, env, message) => {
+    expect(() => shardFromEnvironment(config, env)).toThrow(message);
+  });
 });
