@@ -104,6 +104,8 @@ interface LogitsPart {
   input_sha256: string;
   teacher_sha256: string;
   shard: ShardFile;
+  /** The part job that computed it, when one did. */
+  part?: { index: number; count: number };
 }
 
 const partFile = (dir: string, i: number) => join(dir, `logits-${String(i).padStart(5, '0')}.json`);
@@ -131,12 +133,23 @@ async function computeTeacherLogits(
   let computed = 0;
   let reused = 0;
   const t0 = performance.now();
+  const records = await Promise.all(data.shards.map((_, i) => readPart(partFile(dir, i))));
+  const current = (i: number) => {
+    const done = records[i];
+    return done !== null && done.input_sha256 === data.shards[i].sha256 && done.teacher_sha256 === teacherSha256;
+  };
+  // After part jobs, the run without parts computes only what none of them left: say which part that was.
+  const partCount = part.numShards === 1 ? records.find((r, i) => r?.part && current(i))?.part?.count : undefined;
+  if (partCount !== undefined) {
+    const missing = [...new Set(data.shards.map((_, i) => i).filter((i) => !current(i)).map((i) => i % partCount))];
+    if (missing.length > 0) log(`distill: teacher-logits part(s) ${missing.join(', ')} of ${partCount} missing or stale (distill-part-I-of-${partCount} did not complete for this teacher and data); computing their shards here`);
+  }
   for (const [i, input] of data.shards.entries()) {
     const rows = { from: start, to: start + input.rows };
     start = rows.to;
     if (i % part.numShards !== part.shardIndex) continue;
-    const done = await readPart(partFile(dir, i));
-    if (done && done.input_sha256 === input.sha256 && done.teacher_sha256 === teacherSha256 && (await exists(join(dir, done.shard.path)))) {
+    const done = records[i];
+    if (done && current(i) && (await exists(join(dir, done.shard.path)))) {
       reused++;
       continue;
     }
@@ -147,7 +160,7 @@ async function computeTeacherLogits(
     const labels = Array.from(all.labels.subarray(rows.from, rows.to), (l) => (l < 0 ? null : l));
     const [shard, ...more] = await writeShards({ dir, schema: info, prefix: `logits-${String(i).padStart(5, '0')}`, maxRows: Math.max(1, input.rows) }, [{ id: ids, label: labels, logits: values }]);
     if (more.length > 0) throw new Error(`distill: the logits of input shard ${i} did not fit one shard`);
-    await writeFileAtomic(partFile(dir, i), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard } satisfies LogitsPart) + '\n');
+    await writeFileAtomic(partFile(dir, i), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard, ...(part.numShards > 1 ? { part: { index: part.shardIndex, count: part.numShards } } : {}) } satisfies LogitsPart) + '\n');
     computed++;
   }
   log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${dir}`);

@@ -95,6 +95,16 @@ describe('distill stage', () => {
     await expect(teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 2, numShards: 2 })).rejects.toThrow('distill.shardIndex must be in [0, numShards = 2), got 2');
   });
 
+  it('names the teacher-logits part that did not run, and computes its shards itself', async () => {
+    const sharded = await tinyImagesDataset({ perClass: 12, size: 8, maxRows: 16 }); // 3 shards: part 0 of 2 has 0 and 2, part 1 has 1
+    const outDir = await mkdtemp(join(tmpdir(), 'di-missing-'));
+    await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 0, numShards: 2, backend: 'wasm' });
+    const lines: string[] = [];
+    await distill({ ...common, data: sharded, outDir, epochs: 1, log: (l) => lines.push(l) });
+    expect(lines.join('\n')).toMatch(/teacher-logits part\(s\) 1 of 2 missing or stale \(distill-part-I-of-2 did not complete/);
+    expect(lines.join('\n')).toMatch(/teacher logits: 1 input shard\(s\) computed, 2 reused/);
+  });
+
   it.each([
     [{ teacher: '' }, /distill.teacher : no checkpoint there/],
     [{ alpha: 1.5 }, 'distill.alpha must be in [0, 1], got 1.5'],
