@@ -100,6 +100,15 @@ export function shardFromEnvironment(config: { shardIndex?: number; numShards?: 
   return { shardIndex, numShards };
 }
 
+/**
+ * The distill directory whose teacher-logits/ a part job fills: run all's distill of that teacher
+ * (`--teacher RUN_DIR/finetune-10pct` → distill-10pct), else distill.
+ */
+function distillDirFor(teacher: string | undefined): string {
+  const m = teacher === undefined ? null : /^finetune(-[A-Za-z0-9-]+)?$/.exec(basename(teacher.replace(/\/+$/, '')));
+  return m ? `distill${m[1] ?? ''}` : 'distill';
+}
+
 /** A part job's directory in the run dir (its stage manifest and lock): `ingest-part-2-of-8`. */
 export function partDirName(stage: string, shardIndex: number, numShards: number): string {
   return `${stage}-part-${shardIndex}-of-${numShards}`;
@@ -415,7 +424,7 @@ export const STAGES: Record<string, StageDefinition> = {
     // A part job of the teacher pass has its own manifest; the logits go to RUN_DIR/distill/teacher-logits.
     dirName: (config) => {
       const { shardIndex, numShards } = shardFromEnvironment(config);
-      return numShards > 1 ? partDirName('distill', shardIndex, numShards) : 'distill';
+      return numShards > 1 ? partDirName(distillDirFor(config.teacher), shardIndex, numShards) : 'distill';
     },
     isPart: (config) => shardFromEnvironment(config).numShards > 1,
     run: async (ctx, env) => {
@@ -424,7 +433,7 @@ export const STAGES: Record<string, StageDefinition> = {
       const data = c.data ?? join(ctx.runDir, 'ingest');
       const teacher = c.teacher ?? join(ctx.runDir, 'finetune');
       if (numShards > 1) {
-        const part = await teacherLogitsPart({ data, teacher, outDir: join(ctx.runDir, 'distill'), shardIndex, numShards, backend: c.backend, log: env.log, onBackend: ctx.setBackend });
+        const part = await teacherLogitsPart({ data, teacher, outDir: join(ctx.runDir, distillDirFor(c.teacher)), shardIndex, numShards, backend: c.backend, log: env.log, onBackend: ctx.setBackend });
         return { outputs: [{ path: part.teacherLogits }], metrics: { logits_shards_computed: part.computed, logits_shards_reused: part.reused } };
       }
       const result = await distill({
