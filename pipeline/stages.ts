@@ -157,6 +157,7 @@ const pretrainOptions = defineOptions({
   knnEvery: { type: 'int', default: d.knnEvery, min: 0, describe: 'kNN accuracy every N epochs (0 = off; needs --knn-holdout)' },
   knnK: { type: 'int', default: d.knnK, min: 1, describe: 'kNN neighbours' },
   knnBank: { type: 'int', default: d.knnBank, min: 1, describe: 'labeled training images in the kNN memory bank, at most' },
+  initFrom: { type: 'string', describe: "warm start: another run's pretrain directory (same architecture); its encoder and head, this run's schedule" },
 });
 
 const f = FINETUNE_DEFAULTS;
@@ -316,7 +317,7 @@ export const STAGES: Record<string, StageDefinition> = {
     describe: 'SimCLR contrastive pretraining of encoder + projection head → RUN_DIR/pretrain/checkpoint',
     options: pretrainOptions,
     volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
-    inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest')],
+    inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest'), ...(config.initFrom !== undefined ? [checkpointIndex(config.initFrom)] : [])],
     run: async (ctx, env) => {
       const c = ctx.config;
       const result = await pretrain({
@@ -328,7 +329,12 @@ export const STAGES: Record<string, StageDefinition> = {
         onBackend: ctx.setBackend,
         ...trainingProgress('pretrain', env),
       });
-      return { outputs: [{ path: result.checkpoint }, { path: result.metricsFile }], metrics: finiteMetrics(result.metrics) };
+      return {
+        outputs: [{ path: result.checkpoint }, { path: result.metricsFile }],
+        metrics: finiteMetrics(result.metrics),
+        // Always written, so that a run that is no longer warm-started does not keep the last one's.
+        extra: { init_from: result.initFrom ?? null },
+      };
     },
   }),
   finetune: defineStage({
