@@ -159,6 +159,9 @@ function ingestOutputNames(shardIndex: number, numShards: number): { shardPrefix
 
 const PREPROCESSING = 'EXIF orientation applied; shorter side resized to size (Lanczos3), centre crop; alpha flattened onto black; 8-bit sRGB RGB, HWC';
 
+/** The usual first run: nothing to build on, and nothing worth a log line. */
+const NO_PREVIOUS = 'no complete earlier dataset there';
+
 /** The previous dataset of this output, when a rerun can build on it; else why not. */
 type Previous = { manifest: DatasetManifest; index: FileIndex } | { reason: string };
 
@@ -173,7 +176,7 @@ async function previousDataset(outDir: string, settings: Record<string, unknown>
   try {
     manifest = await readManifest(join(outDir, MANIFEST_FILE));
   } catch {
-    return { reason: 'no complete earlier dataset there' };
+    return { reason: NO_PREVIOUS };
   }
   if (manifest.files_index === undefined) return { reason: 'the earlier dataset has no file index (a part job or an older version wrote it)' };
   let index: FileIndex;
@@ -286,10 +289,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   let previous: Previous | null = null;
   if (single && !o.full) {
     previous = await previousDataset(outDir, settings, classes);
-    if ('reason' in previous) {
-      // "no earlier dataset" is the normal first run, not worth a line.
-      if (previous.reason !== 'no complete earlier dataset there') log(`ingest: full ingest: ${previous.reason}`);
-    }
+    if ('reason' in previous && previous.reason !== NO_PREVIOUS) log(`ingest: full ingest: ${previous.reason}`);
   }
   const base = previous && 'manifest' in previous ? previous : null;
   const diff = base ? diffIndex(base.index.files, sources) : null;
@@ -426,7 +426,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
 
     const changes: IngestChanges = {
       mode: diff ? 'incremental' : 'full',
-      reason: previous && 'reason' in previous && previous.reason !== 'no complete earlier dataset there' ? previous.reason : o.full && single ? 'asked for (full)' : null,
+      reason: previous && 'reason' in previous && previous.reason !== NO_PREVIOUS ? previous.reason : o.full && single ? 'asked for (full)' : null,
       ...(diff ? diff.counts : { added: entries.length, changed: 0, removed: 0, unchanged: 0 }),
       decoded: toDecode.length,
       shards_kept: shardsKept,
