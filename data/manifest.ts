@@ -383,6 +383,7 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
   const first = parts[0];
   const merged: DatasetManifest = { ...first, rows: 0, class_counts: {}, shards: [], rejected: 0 };
   delete merged.part;
+  delete merged.changes; // what one part's ingest did, not the merged dataset's
   const rejectedLines: string[] = [];
   for (let p = 0; p < parts.length; p++) {
     const m = parts[p];

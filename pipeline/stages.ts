@@ -90,12 +90,13 @@ const ingestOptions = defineOptions({
   unlabeled: { type: 'boolean', default: INGEST_DEFAULTS.unlabeled, describe: 'ignore class folders / labels' },
   limitPerClass: { type: 'int', min: 1, describe: 'keep at most N images per class (first in sorted order)' },
   strict: { type: 'boolean', default: INGEST_DEFAULTS.strict, describe: 'fail on the first unusable file instead of skipping it' },
+  full: { type: 'boolean', default: INGEST_DEFAULTS.full, describe: 'decode every file again instead of only new or changed ones (--force implies it)' },
   maxInputPixels: { type: 'int', min: 1, describe: 'refuse images with more pixels (default 16383²)' },
   shardIndex: { type: 'int', min: 0, describe: 'this job\'s part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)' },
   numShards: { type: 'int', min: 1, describe: 'number of parts (default $SLURM_ARRAY_TASK_COUNT or 1)' },
 });
 
-async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: string, env: StageEnv) {
+async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: string, env: StageEnv, force = false) {
   if (!config.input) throw new ConfigError('--input is required (an image folder or a CSV list)');
   const { shardIndex, numShards } = shardFromEnvironment(config);
   let progress: Progress | null = null;
@@ -106,6 +107,8 @@ async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: stri
     unlabeled: config.unlabeled,
     limitPerClass: config.limitPerClass,
     strict: config.strict,
+    // --force is "redo it": decode everything rather than trust the previous run's file index.
+    full: config.full || force,
     maxInputPixels: config.maxInputPixels,
     workers: config.workers,
     shardIndex,
@@ -270,18 +273,20 @@ export const STAGES: Record<string, StageDefinition> = {
   ingest: defineStage({
     describe: 'image folder or CSV list → images dataset (Arrow shards) in RUN_DIR/ingest',
     options: ingestOptions,
-    volatile: ['workers'],
+    // `full` changes how the rows are made, not which: an incremental and a full run give the same rows by id.
+    volatile: ['workers', 'full'],
     inputs: async (config) => {
       if (!config.input) throw new ConfigError('--input is required (an image folder or a CSV list)');
       return [config.input];
     },
     run: async (ctx, env) => {
-      const result = await runIngest(ctx.config, ctx.stageDir, env);
-      return datasetOutcome(ctx.stageDir, result.manifest, { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond });
+      const result = await runIngest(ctx.config, ctx.stageDir, env, ctx.force);
+      const { mode, reason: _reason, ...counts } = result.changes;
+      return datasetOutcome(ctx.stageDir, result.manifest, { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, incremental: mode === 'incremental' ? 1 : 0, ...counts });
     },
     standalone: async (config, outDir, env) => {
       const result = await runIngest(config, outDir, env);
-      return { stage: 'ingest', out_dir: outDir, rows: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, manifest: result.manifestPath };
+      return { stage: 'ingest', out_dir: outDir, rows: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, changes: result.changes, manifest: result.manifestPath };
     },
   }),
   augment: defineStage({

@@ -123,8 +123,11 @@ export:
   formats: tfjs,onnx
 `;
 
-/** Manifest and metric fields that measure time, not the result. */
-const TIMING = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*)$/;
+/**
+ * Manifest and metric fields that measure time, not the result; and what an ingest did against the
+ * dataset it found (killed after publishing, it is rerun and finds nothing to decode).
+ */
+const TIMING = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new))$/;
 
 /** A value with timing fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
 function comparable(value: unknown, runDir: string): unknown {
