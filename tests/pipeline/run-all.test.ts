@@ -124,17 +124,18 @@ export:
 `;
 
 /**
- * Manifest and metric fields that measure time, not the result; and what an ingest did against the
- * dataset it found (killed after publishing, it is rerun and finds nothing to decode).
+ * Fields that say how the last attempt ran, not what the run produced: times and speeds; what an
+ * ingest did against the dataset it found (killed after publishing, it is rerun and finds nothing
+ * to decode); `resume` in a training stage's config.json (true when run all resumed it).
  */
-const TIMING = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new))$/;
+const HOW_IT_RAN = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new)|resume)$/;
 
-/** A value with timing fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
+/** A value with HOW_IT_RAN fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
 function comparable(value: unknown, runDir: string): unknown {
   if (typeof value === 'string') return value.split(runDir).join('RUN_DIR');
   if (Array.isArray(value)) return value.map((v) => comparable(v, runDir));
   if (value === null || typeof value !== 'object') return value;
-  return Object.fromEntries(Object.entries(value).filter(([k]) => !TIMING.test(k)).map(([k, v]) => [k, comparable(v, runDir)]));
+  return Object.fromEntries(Object.entries(value).filter(([k]) => !HOW_IT_RAN.test(k)).map(([k, v]) => [k, comparable(v, runDir)]));
 }
 
 /**
