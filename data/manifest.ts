@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, link, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
+import { removeStaleIndexes } from './ingest-index.ts';
 import { asidePath, removeDeadLeftoversIn, syncDir, tempPath, writeError, writeFileAtomic } from './files.ts';
 import { SCHEMA_NAMES, SCHEMA_VERSION, type ImageShape, type SchemaName } from './schemas.ts';
 import { openShard, type OpenShardOptions, type ShardBatch, type ShardFile } from './shards.ts';
@@ -429,6 +430,8 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
   }
   const merged: DatasetManifest = { ...first, rows: 0, class_counts: {}, shards: [], rejected: 0 };
   delete merged.part;
+  delete merged.changes; // what one part's ingest did, not the merged dataset's
+  delete merged.files_index; // parts are full ingests and keep no file index; the next single ingest builds one
   const info = first.part as PartInfo | undefined;
   merged.parts = { count, ...(info?.config_sha256 ? { config_sha256: info.config_sha256, listing_sha256: info.listing_sha256 } : {}) };
   const rejectedLines: string[] = [];
@@ -456,6 +459,8 @@ export async function mergePartManifests(dir: string): Promise<DatasetManifest> 
   await writeManifest(dir, merged);
   const keep = new Set(merged.shards.map((s) => s.path));
   for (const s of old?.shards ?? []) if (!keep.has(s.path)) await rm(join(dir, s.path), { force: true });
+  // So does its file index (files-*.jsonl): the merged dataset has none, the next single ingest is full.
+  await removeStaleIndexes(dir, null);
   return merged;
 }
 

@@ -44,6 +44,8 @@ export interface ShardWriterOptions<S extends SchemaName> {
   schema: SchemaInfo<S>;
   /** Shard i is named `${prefix}-${i padded to 5}.arrow`. Default 'shard'. */
   prefix?: string;
+  /** Number of the first shard, so an incremental writer never takes the name of a shard already published. Default 0. */
+  startIndex?: number;
   /** Start a new shard before exceeding this many rows. Default 10,000. */
   maxRows?: number;
   /** Start a new shard before exceeding this many bytes (estimated from the batch buffers). Default 256 MiB. */
@@ -101,6 +103,7 @@ export class ShardWriter<S extends SchemaName> {
   readonly dir: string;
   readonly schema: SchemaInfo<S>;
   private readonly prefix: string;
+  private readonly startIndex: number;
   private readonly maxRows: number;
   private readonly maxBytes: number;
   private readonly sync: boolean;
@@ -112,14 +115,16 @@ export class ShardWriter<S extends SchemaName> {
   private closed = false;
 
   constructor(options: ShardWriterOptions<S>) {
-    const o = { prefix: 'shard', maxRows: DEFAULT_MAX_ROWS, maxBytes: DEFAULT_MAX_BYTES, sync: true, ...options };
+    const o = { prefix: 'shard', startIndex: 0, maxRows: DEFAULT_MAX_ROWS, maxBytes: DEFAULT_MAX_BYTES, sync: true, ...options };
     if (typeof o.dir !== 'string' || o.dir === '') throw new Error('shardWriter.dir must be a non-empty path');
     if (!Number.isInteger(o.maxRows) || o.maxRows <= 0) throw new Error(`shardWriter.maxRows must be a positive integer, got ${o.maxRows}`);
     if (!(o.maxBytes > 0)) throw new Error(`shardWriter.maxBytes must be positive, got ${o.maxBytes}`);
+    if (!Number.isInteger(o.startIndex) || o.startIndex < 0) throw new Error(`shardWriter.startIndex must be a non-negative integer, got ${o.startIndex}`);
     if (!/^[A-Za-z0-9._-]+$/.test(o.prefix)) throw new Error(`shardWriter.prefix must be a plain file name prefix, got ${JSON.stringify(o.prefix)}`);
     this.dir = o.dir;
     this.schema = o.schema;
     this.prefix = o.prefix;
+    this.startIndex = o.startIndex;
     this.maxRows = o.maxRows;
     this.maxBytes = o.maxBytes;
     this.sync = o.sync;
@@ -128,6 +133,17 @@ export class ShardWriter<S extends SchemaName> {
   /** Rows written so far, over all shards. */
   get rows(): number {
     return this.done.reduce((n, s) => n + s.rows, 0) + (this.current?.rows ?? 0);
+  }
+
+  /** Shards completed so far (the one being written not counted). */
+  get shardCount(): number {
+    return this.done.length;
+  }
+
+  /** Completes the shard being written, so the next row starts a new one (a no-op between shards). */
+  async cut(): Promise<void> {
+    if (this.closed) throw new Error(`shard writer for ${this.dir} is closed`);
+    await this.finishShard();
   }
 
   /** Appends a batch (plain columns or a record batch of this writer's schema), rolling over shards as needed. */
@@ -218,7 +234,7 @@ export class ShardWriter<S extends SchemaName> {
   }
 
   private startShard(): OpenShard {
-    const name = shardFileName(this.prefix, this.done.length);
+    const name = shardFileName(this.prefix, this.startIndex + this.done.length);
     const tmpPath = tempPath(join(this.dir, name));
     let fd: number;
     try {

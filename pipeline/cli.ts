@@ -119,6 +119,8 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     };
     // `--force` alone redoes every stage; `--force STAGE` that stage and what follows it.
     const force = argv.force === undefined ? [] : (argv.force as string[]).map((s) => (s === '' ? 'all' : s));
+    // A promotion directory that is not one fails now, not after the night's training.
+    if (argv.promoteTo !== undefined) await (await import('./promote.ts')).openModelsDir(resolve(argv.promoteTo as string), true);
     const { runAll } = await import('./run-all.ts');
     const result = await withInterruptSignal(
       (signal) =>
@@ -135,8 +137,15 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         }),
       io,
     );
+    let promotion: unknown = null;
+    if (argv.promoteTo !== undefined) {
+      const { promote } = await import('./promote.ts');
+      const margin = argv.promoteMargin === undefined ? 0 : Number(argv.promoteMargin);
+      if (!Number.isFinite(margin) || margin < 0) throw new ConfigError(`--promote-margin must be a number >= 0, got '${argv.promoteMargin}'`);
+      promotion = await promote({ runDir, modelsDir: argv.promoteTo as string, margin, backend: pickFlags(argv, COMMON_OPTIONS).backend as BackendName | undefined, log });
+    }
     if (argv.json) {
-      io.stdout(JSON.stringify({ command: 'run all', run_dir: runDir, report: result.report, stages: result.nodes.map((n) => ({ stage: n.name, result: n.status, status: n.manifest?.status ?? null, metrics: n.manifest?.metrics ?? {} })) }));
+      io.stdout(JSON.stringify({ command: 'run all', run_dir: runDir, report: result.report, promotion, stages: result.nodes.map((n) => ({ stage: n.name, result: n.status, status: n.manifest?.status ?? null, metrics: n.manifest?.metrics ?? {} })) }));
     } else {
       io.stderr(formatRunAll(result.nodes));
     }
@@ -189,6 +198,8 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
             .option('force', { type: 'string', array: true, describe: 'redo STAGE (a directory name or a stage: finetune, evaluate, ...) and everything after it; alone: every stage' })
             .option('from', { type: 'string', requiresArg: true, describe: 'run only STAGE and what comes after it (what it needs must have completed)' })
             .option('until', { type: 'string', requiresArg: true, describe: 'run only STAGE and what it needs' })
+            .option('promote-to', { type: 'string', requiresArg: true, describe: "publish the best student into MODELS_DIR/<time>/ and move MODELS_DIR/current to it, if it scores at least the current model's accuracy on this run's test split" })
+            .option('promote-margin', { type: 'string', requiresArg: true, describe: 'promote when accuracy >= current − margin (default 0: not lower)' })
             .example('$0 run all --config configs/cifar10-32px.yaml --run-dir runs/cifar', 'the whole pipeline; the same command again resumes or skips')
             .strict(),
         async (argv) => runAllCommand(argv as unknown as Record<string, unknown> & GlobalFlags),
@@ -325,6 +336,29 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
         if (argv.json) io.stdout(JSON.stringify({ command: 'report', path: result.path, sections: result.sections, stages: result.stages }));
         else io.stdout(result.path);
       },
+    )
+    .command('models', 'published models of nightly runs (run all --promote-to)', (y) =>
+      y
+        .command(
+          'list <dir>',
+          'the models published in a models directory, the current one, and every promotion decision',
+          (p) => p.positional('dir', { type: 'string', describe: 'models directory' }),
+          async (argv) => {
+            const { listModels } = await import('./promote.ts');
+            const listing = await listModels(resolve(argv.dir as string));
+            if (argv.json) {
+              io.stdout(JSON.stringify(listing));
+              return;
+            }
+            const pct = (v: number | null) => (v === null ? '—' : `${(100 * v).toFixed(2)} %`);
+            const lines = [`models in ${resolve(argv.dir as string)} (current: ${listing.current ?? 'none'})`];
+            for (const m of listing.models) lines.push(`  ${m.current ? '*' : ' '} ${m.name}  ${pct(m.accuracy).padStart(8)}  ${m.stage ?? ''}  ${m.run_dir ?? ''}`);
+            lines.push('decisions:');
+            for (const h of listing.history) lines.push(`  ${h.at}  ${h.promoted ? 'promoted' : 'kept    '}  ${h.run_dir}  ${h.reason}`);
+            io.stdout(lines.join('\n'));
+          },
+        )
+        .demandCommand(1, 'choose: models list'),
     )
     .command(
       'inspect <path>',

@@ -120,12 +120,13 @@ const ingestOptions = defineOptions({
   unlabeled: { type: 'boolean', default: INGEST_DEFAULTS.unlabeled, describe: 'ignore class folders / labels' },
   limitPerClass: { type: 'int', min: 1, describe: 'keep at most N images per class (first in sorted order)' },
   strict: { type: 'boolean', default: INGEST_DEFAULTS.strict, describe: 'fail on the first unusable file instead of skipping it' },
+  full: { type: 'boolean', default: INGEST_DEFAULTS.full, describe: 'decode every file again instead of only new or changed ones (--force implies it)' },
   maxInputPixels: { type: 'int', min: 1, describe: 'refuse images with more pixels (default 16383²)' },
   shardIndex: { type: 'int', min: 0, describe: 'this job\'s part (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)' },
   numShards: { type: 'int', min: 1, max: MAX_PARTS, describe: 'number of parts; > 1: ingest this part (files part-IIIII-of-NNNNN-* in the dataset dir), then `pipeline merge` (default $SLURM_ARRAY_TASK_COUNT or 1)' },
 });
 
-async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: string, env: StageEnv) {
+async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: string, env: StageEnv, force = false) {
   if (!config.input) throw new ConfigError('--input is required (an image folder or a CSV list)');
   const { shardIndex, numShards } = shardFromEnvironment(config);
   let progress: Progress | null = null;
@@ -136,6 +137,8 @@ async function runIngest(config: StageConfig<typeof ingestOptions>, outDir: stri
     unlabeled: config.unlabeled,
     limitPerClass: config.limitPerClass,
     strict: config.strict,
+    // --force is "redo it": decode everything rather than trust the previous run's file index.
+    full: config.full || force,
     maxInputPixels: config.maxInputPixels,
     workers: config.workers,
     shardIndex,
@@ -187,6 +190,7 @@ const pretrainOptions = defineOptions({
   knnEvery: { type: 'int', default: d.knnEvery, min: 0, describe: 'kNN accuracy every N epochs (0 = off; needs --knn-holdout)' },
   knnK: { type: 'int', default: d.knnK, min: 1, describe: 'kNN neighbours' },
   knnBank: { type: 'int', default: d.knnBank, min: 1, describe: 'labeled training images in the kNN memory bank, at most' },
+  initFrom: { type: 'string', describe: "warm start: another run's pretrain directory (same architecture); its encoder and head, this run's schedule" },
 });
 
 const f = FINETUNE_DEFAULTS;
@@ -301,7 +305,8 @@ export const STAGES: Record<string, StageDefinition> = {
     options: ingestOptions,
     // The parts, merged, hold the one-process rows in order: `pipeline merge` records the parts'
     // config hash as the ingest stage's, so the stages after it see an up-to-date ingest.
-    volatile: ['workers', 'shardIndex', 'numShards'],
+    // `full` changes how the rows are made, not which: an incremental and a full run give the same rows by id.
+    volatile: ['workers', 'shardIndex', 'numShards', 'full'],
     inputs: async (config) => {
       if (!config.input) throw new ConfigError('--input is required (an image folder or a CSV list)');
       return [config.input];
@@ -314,19 +319,21 @@ export const STAGES: Record<string, StageDefinition> = {
     isPart: (config) => shardFromEnvironment(config).numShards > 1,
     run: async (ctx, env) => {
       if (shardFromEnvironment(ctx.config).numShards > 1) {
+        // A part job ingests its part in full (no file index, no incremental rerun).
         const dataset = join(ctx.runDir, 'ingest');
-        const result = await runIngest(ctx.config, dataset, env);
+        const result = await runIngest(ctx.config, dataset, env, ctx.force);
         return {
           outputs: [{ path: result.manifestPath, rows: result.rows }, ...result.manifest.shards.map((s) => ({ path: join(dataset, s.path), rows: s.rows }))],
           metrics: { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond },
         };
       }
-      const result = await runIngest(ctx.config, ctx.stageDir, env);
-      return datasetOutcome(ctx.stageDir, result.manifest, { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond });
+      const result = await runIngest(ctx.config, ctx.stageDir, env, ctx.force);
+      const { mode, reason: _reason, ...counts } = result.changes;
+      return datasetOutcome(ctx.stageDir, result.manifest, { images: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, incremental: mode === 'incremental' ? 1 : 0, ...counts });
     },
     standalone: async (config, outDir, env) => {
       const result = await runIngest(config, outDir, env);
-      return { stage: 'ingest', out_dir: outDir, rows: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, manifest: result.manifestPath };
+      return { stage: 'ingest', out_dir: outDir, rows: result.rows, rejected: result.rejected.length, images_per_second: result.imagesPerSecond, changes: result.changes, manifest: result.manifestPath };
     },
   }),
   augment: defineStage({
@@ -362,7 +369,7 @@ export const STAGES: Record<string, StageDefinition> = {
     describe: 'SimCLR contrastive pretraining of encoder + projection head → RUN_DIR/pretrain/checkpoint',
     options: pretrainOptions,
     volatile: ['workers', 'resume', 'logEvery', 'tensorboard'],
-    inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest')],
+    inputs: async (config, runDir) => [config.data ?? join(runDir, 'ingest'), ...(config.initFrom !== undefined ? [checkpointIndex(config.initFrom)] : [])],
     run: async (ctx, env) => {
       const c = ctx.config;
       const result = await pretrain({
@@ -374,7 +381,12 @@ export const STAGES: Record<string, StageDefinition> = {
         onBackend: ctx.setBackend,
         ...trainingProgress('pretrain', env),
       });
-      return { outputs: [{ path: result.checkpoint }, { path: result.metricsFile }], metrics: finiteMetrics(result.metrics) };
+      return {
+        outputs: [{ path: result.checkpoint }, { path: result.metricsFile }],
+        metrics: finiteMetrics(result.metrics),
+        // Always written, so that a run that is no longer warm-started does not keep the last one's.
+        extra: { init_from: result.initFrom ?? null },
+      };
     },
   }),
   finetune: defineStage({

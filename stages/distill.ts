@@ -2,7 +2,7 @@
 // cached as a `logits` dataset, or run on each augmented view), a student learns its soft labels.
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
 import { exists, writeFileAtomic } from '../data/files.ts';
@@ -99,7 +99,7 @@ async function teacherHash(checkpointDir: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** What one input shard's teacher logits were computed from; `logits-NNNNN.json` beside its shard. */
+/** What one input shard's teacher logits were computed from; `logits-<input shard name>.json` beside its shard. */
 interface LogitsPart {
   input_sha256: string;
   teacher_sha256: string;
@@ -108,7 +108,17 @@ interface LogitsPart {
   part?: { index: number; count: number };
 }
 
-const partFile = (dir: string, i: number) => join(dir, `logits-${String(i).padStart(5, '0')}.json`);
+/**
+ * `logits-<input shard's name>`: keyed by the input shard, not its position, so after an
+ * incremental ingest (which keeps untouched shards, rewrites others under new names and drops
+ * emptied ones, moving the rest) each kept shard still finds its logits.
+ */
+function partName(input: ShardFile): string {
+  const stem = input.path.replace(/\.arrow$/, '');
+  const plain = stem.replace(/[^A-Za-z0-9._-]/g, '_');
+  return `logits-${plain === stem ? plain : `${plain}-${createHash('sha256').update(input.path).digest('hex').slice(0, 8)}`}`;
+}
+const partFile = (dir: string, input: ShardFile) => join(dir, `${partName(input)}.json`);
 
 /**
  * The teacher's logits (inference mode, un-augmented images) for the input shards of this job's
@@ -133,7 +143,7 @@ async function computeTeacherLogits(
   let computed = 0;
   let reused = 0;
   const t0 = performance.now();
-  const records = await Promise.all(data.shards.map((_, i) => readPart(partFile(dir, i))));
+  const records = await Promise.all(data.shards.map((input) => readPart(partFile(dir, input))));
   const current = (i: number) => {
     const done = records[i];
     return done !== null && done.input_sha256 === data.shards[i].sha256 && done.teacher_sha256 === teacherSha256;
@@ -158,9 +168,9 @@ async function computeTeacherLogits(
     logits.dispose();
     const ids = all.ids.slice(rows.from, rows.to);
     const labels = Array.from(all.labels.subarray(rows.from, rows.to), (l) => (l < 0 ? null : l));
-    const [shard, ...more] = await writeShards({ dir, schema: info, prefix: `logits-${String(i).padStart(5, '0')}`, maxRows: Math.max(1, input.rows) }, [{ id: ids, label: labels, logits: values }]);
+    const [shard, ...more] = await writeShards({ dir, schema: info, prefix: partName(input), maxRows: Math.max(1, input.rows) }, [{ id: ids, label: labels, logits: values }]);
     if (more.length > 0) throw new Error(`distill: the logits of input shard ${i} did not fit one shard`);
-    await writeFileAtomic(partFile(dir, i), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard, ...(part.numShards > 1 ? { part: { index: part.shardIndex, count: part.numShards } } : {}) } satisfies LogitsPart) + '\n');
+    await writeFileAtomic(partFile(dir, input), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard, ...(part.numShards > 1 ? { part: { index: part.shardIndex, count: part.numShards } } : {}) } satisfies LogitsPart) + '\n');
     computed++;
   }
   log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${dir}`);
@@ -184,7 +194,7 @@ async function collectTeacherLogits(all: InMemoryImages, data: DatasetManifest, 
   const shards: ShardFile[] = [];
   const missing: number[] = [];
   for (const [i, input] of data.shards.entries()) {
-    const done = await readPart(partFile(dir, i));
+    const done = await readPart(partFile(dir, input));
     if (!done || done.input_sha256 !== input.sha256 || done.teacher_sha256 !== hashes.teacher) missing.push(i);
     else shards.push(done.shard);
   }
@@ -194,6 +204,9 @@ async function collectTeacherLogits(all: InMemoryImages, data: DatasetManifest, 
   for (const l of all.labels) if (l >= 0) counts[all.classes[l]]++;
   const manifest: DatasetManifest = { schema_version: SCHEMA_VERSION, schema: 'logits', rows: all.ids.length, classes: all.classes, class_counts: counts, dim: k, shards, teacher_sha256: hashes.teacher, data_sha256: hashes.data };
   await writeManifest(dir, manifest);
+  // Logits of input shards the dataset no longer has (an incremental ingest rewrote or dropped them).
+  const keep = new Set([...data.shards.map((s) => `${partName(s)}.json`), ...shards.map((s) => s.path)]);
+  for (const f of await readdir(dir)) if (/^logits-.*\.(json|arrow)$/.test(f) && !keep.has(f)) await rm(join(dir, f), { force: true });
   const out = new Float32Array(all.ids.length * k);
   let row = 0;
   for await (const batch of readDataset<'logits'>(dir, { schema: 'logits' })) {

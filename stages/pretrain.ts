@@ -3,7 +3,8 @@
 import type * as tf from '@tensorflow/tfjs';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
 import { holdoutSplit } from '../data/labels.ts';
-import { datasetHash, readManifest } from '../data/manifest.ts';
+import { join } from 'node:path';
+import { datasetHash, readManifest, sha256File } from '../data/manifest.ts';
 import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
 import { useBackend } from '../models/engine/backend.ts';
 import { accuracy as knnAccuracy, knnPredict } from '../models/knn.ts';
@@ -13,7 +14,9 @@ import { defaultWarmupEpochs, scaledLearningRate, warmupCosine, type LearningRat
 import { buildSimclrModel, embed, pixelsToTensor, simclrStep, type SimclrModel } from '../models/simclr.ts';
 import { withDefaults } from './options.ts';
 import { epochPermutation, limitRows } from '../data/random.ts';
+import { loadCheckpoint } from '../models/checkpoint.ts';
 import { imageBatches } from './training/batches.ts';
+import { requireCheckpoint } from './training/checkpoints.ts';
 import {
   NonFiniteLossError,
   openTraining,
@@ -99,6 +102,8 @@ export interface PretrainOptions extends TrainingStageOptions {
   knnK?: number;
   /** Labeled training images used as the kNN memory bank, at most. */
   knnBank?: number;
+  /** Warm start: another run's pretrain directory (or checkpoint/) whose encoder and head this run starts from, with its own schedule. */
+  initFrom?: string;
 }
 
 export interface PretrainResult {
@@ -111,9 +116,13 @@ export interface PretrainResult {
     epochs: number;
     steps: number;
     knn_accuracy?: number;
+    /** The kNN monitor before the first step, with random weights; `knn_accuracy_init_from` instead when warm-started. */
     knn_accuracy_random_init?: number;
+    knn_accuracy_init_from?: number;
   };
   backend: string;
+  /** Where a warm-started run started: the checkpoint and the sha256 of its index. */
+  initFrom?: { checkpoint: string; sha256: string };
 }
 
 type Resolved = Omit<PretrainOptions, keyof typeof PRETRAIN_DEFAULTS> & {
@@ -184,6 +193,14 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
   const schedule = warmupCosine({ baseLr, warmupSteps, totalSteps });
 
   const built = buildSimclrModel({ encoder: r.model, width: r.width, inputSize: size, headLayers: r.headLayers, projectionDim: r.projectionDim, seed: r.seed });
+  let initFrom: { checkpoint: string; sha256: string } | undefined;
+  try {
+    initFrom = r.initFrom === undefined ? undefined : await warmStart(r.initFrom, built, { model: r.model, width: r.width, headLayers: r.headLayers, projectionDim: r.projectionDim, inputSize: size }, !r.resume);
+  } catch (err) {
+    built.encoder.dispose();
+    built.head.dispose();
+    throw err;
+  }
   const optimizer = makeOptimizer({ name: r.optimizer, learningRate: baseLr, momentum: r.momentum, weightDecay: r.weightDecay });
   // What must match for a checkpoint to be resumed by the same run: the data, the network, the
   // batches and the schedule.
@@ -208,6 +225,8 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
     temperature,
     colorStrength: r.colorStrength ?? null,
     minScale: r.minScale ?? null,
+    // Only when warm-started, so that checkpoints written before warm starts existed still resume.
+    ...(initFrom ? { initFrom: initFrom.sha256 } : {}),
   };
   let models: Record<'encoder' | 'head', tf.LayersModel> = { encoder: built.encoder, head: built.head };
   // Everything below holds the model and optimizer: free them however the run ends.
@@ -278,10 +297,11 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
           images_per_second: metrics.images_per_second,
           epochs: metrics.epochs,
           steps: metrics.steps,
-          ...(initial?.knn_accuracy !== undefined ? { knn_accuracy_random_init: initial.knn_accuracy } : {}),
+          ...(initial?.knn_accuracy !== undefined ? { [initFrom ? 'knn_accuracy_init_from' : 'knn_accuracy_random_init']: initial.knn_accuracy } : {}),
           ...(metrics.knn_accuracy !== undefined ? { knn_accuracy: metrics.knn_accuracy } : {}),
         },
         backend: backend.name,
+        ...(initFrom ? { initFrom } : {}),
       };
     } finally {
       await pool.destroy();
@@ -291,6 +311,42 @@ export async function pretrain(options: PretrainOptions): Promise<PretrainResult
     models.head.dispose();
     optimizer.dispose();
   }
+}
+
+/**
+ * Warm start: copies the encoder and head weights of another run's checkpoint into `built` (when
+ * `load`; a resumed run takes its own checkpoint's instead) after checking the architecture matches.
+ * Returns the checkpoint and the sha256 of its index, which the resume key and the manifest record.
+ */
+async function warmStart(
+  path: string,
+  built: { encoder: tf.LayersModel; head: tf.LayersModel },
+  arch: { model: string; width: number; headLayers: number; projectionDim: number; inputSize: number },
+  load: boolean,
+): Promise<{ checkpoint: string; sha256: string }> {
+  const dir = await requireCheckpoint(path, `pretrain.initFrom ${path}: no pretrain checkpoint there (give OTHER_RUN/pretrain)`);
+  const peek = await loadCheckpoint(dir, { models: [] });
+  if (!peek.available.includes('encoder') || !peek.available.includes('head')) {
+    throw new TrainingInputError(`pretrain.initFrom ${dir}: holds [${peek.available.join(', ')}], not a pretrained encoder and head`);
+  }
+  const saved = (peek.state as { key?: Partial<typeof arch> }).key ?? {};
+  const differ = (Object.keys(arch) as (keyof typeof arch)[]).filter((k) => saved[k] !== arch[k]);
+  if (differ.length > 0) {
+    throw new TrainingInputError(
+      `pretrain.initFrom ${dir}: another architecture (${differ.map((k) => `${k} ${JSON.stringify(saved[k] ?? null)} there, ${JSON.stringify(arch[k])} here`).join('; ')}); warm starts need the same network`,
+    );
+  }
+  if (load) {
+    const loaded = await loadCheckpoint(dir, { models: ['encoder', 'head'] });
+    try {
+      built.encoder.setWeights(loaded.models.encoder.getWeights());
+      built.head.setWeights(loaded.models.head.getWeights());
+    } finally {
+      loaded.models.encoder.dispose();
+      loaded.models.head.dispose();
+    }
+  }
+  return { checkpoint: dir, sha256: await sha256File(join(dir, 'checkpoint.json')) };
 }
 
 /**

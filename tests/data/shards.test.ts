@@ -173,6 +173,18 @@ describe('ShardWriter', () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
+  it('numbers shards from startIndex and starts a new one at cut()', async () => {
+    const writer = new ShardWriter({ dir, schema: images(), maxRows: 10, startIndex: 7 });
+    await writer.write(makeColumns(images(), 3));
+    await writer.cut();
+    await writer.cut(); // between shards: nothing to cut
+    expect(writer.shardCount).toBe(1);
+    await writer.write(makeColumns(images(), 2, 3));
+    const shards = await writer.close();
+    expect(shards.map((s) => [s.path, s.rows])).toEqual([[shardFileName('shard', 7), 3], [shardFileName('shard', 8), 2]]);
+    expect(() => new ShardWriter({ dir, schema: images(), startIndex: -1 })).toThrow(/startIndex must be a non-negative integer/);
+  });
+
   it('writes nothing for zero rows', async () => {
     expect(await writeShards({ dir, schema: images() }, [])).toEqual([]);
     expect(await readdir(dir)).toEqual([]);

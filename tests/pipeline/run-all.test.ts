@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfigFile, type ConfigFile } from '../../pipeline/config.ts';
 import { CONFIG_SECTIONS, downstreamOf, labelTag, planRun, upstreamOf } from '../../pipeline/graph.ts';
+import { promote } from '../../pipeline/promote.ts';
 import { makeSyntheticDataset, mulberry32 } from '../../scripts/synthetic.ts';
 import { runCli } from '../helpers.ts';
 
@@ -119,18 +120,22 @@ distill:
 evaluate:
   knn_k: 5
 export:
-  formats: onnx
+  formats: tfjs,onnx
 `;
 
-/** Manifest and metric fields that measure time, not the result. */
-const TIMING = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*)$/;
+/**
+ * Fields that say how the last attempt ran, not what the run produced: times and speeds; what an
+ * ingest did against the dataset it found (killed after publishing, it is rerun and finds nothing
+ * to decode); `resume` in a training stage's config.json (true when run all resumed it).
+ */
+const HOW_IT_RAN = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new)|resume)$/;
 
-/** A value with timing fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
+/** A value with HOW_IT_RAN fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
 function comparable(value: unknown, runDir: string): unknown {
   if (typeof value === 'string') return value.split(runDir).join('RUN_DIR');
   if (Array.isArray(value)) return value.map((v) => comparable(v, runDir));
   if (value === null || typeof value !== 'object') return value;
-  return Object.fromEntries(Object.entries(value).filter(([k]) => !TIMING.test(k)).map(([k, v]) => [k, comparable(v, runDir)]));
+  return Object.fromEntries(Object.entries(value).filter(([k]) => !HOW_IT_RAN.test(k)).map(([k, v]) => [k, comparable(v, runDir)]));
 }
 
 /**
@@ -254,6 +259,52 @@ describe('run all, killed anywhere', () => {
     expect(summary.stages.map((s: { result: string }) => s.result)).toEqual(summary.stages.map(() => 'skipped'));
     expect((await stat(join(killed, 'plan.json'))).isFile()).toBe(true);
   }, 240_000);
+
+  it('promotes a student only when it scores at least the current model on the same split, atomically, keeping the history', async () => {
+    const models = join(root, 'models');
+    const straight = join(root, 'straight');
+    const killed = join(root, 'killed');
+    const first = await promote({ runDir: straight, modelsDir: models });
+    expect(first).toMatchObject({ promoted: true, reason: 'no current model', current: null, stage: 'distill' });
+    expect(await readlink(join(models, 'current'))).toBe(first.name);
+    for (const f of ['tfjs/model.json', 'onnx/model.onnx', 'onnx/model-card.json', 'checkpoint/checkpoint.json', 'promotion.json']) expect((await stat(join(models, first.name!, f))).isFile()).toBe(true);
+    // The same model again: nothing published.
+    expect(await promote({ runDir: straight, modelsDir: models })).toMatchObject({ promoted: false, reason: `already the current model (${first.name})` });
+
+    // A run whose student scores lower than the current model (re-evaluated on this run's split): kept.
+    // Its evaluation is edited down here; the current model's figure comes from evaluating it afresh.
+    const evalManifest = join(killed, 'evaluate-distill', 'manifest.json');
+    const m = JSON.parse(await readFile(evalManifest, 'utf8'));
+    const real = m.metrics.accuracy as number;
+    m.metrics.accuracy = real - 0.01;
+    await writeFile(evalManifest, JSON.stringify(m));
+    const kept = await promote({ runDir: killed, modelsDir: models });
+    expect(kept.promoted).toBe(false);
+    expect(kept.current_accuracy).toBe(real);
+    expect(kept.reason).toMatch(/< current .* on the same split; keeping/);
+    expect(await readlink(join(models, 'current'))).toBe(first.name);
+    // Within the margin it goes through.
+    const within = await promote({ runDir: killed, modelsDir: models, margin: 0.02 });
+    expect(within.promoted).toBe(true);
+    expect(await readlink(join(models, 'current'))).toBe(within.name);
+
+    const listing = await runCli(['models', 'list', models, '--json']);
+    const l = JSON.parse(listing.out);
+    expect(l.current).toBe(within.name);
+    expect(l.models.map((x: { name: string }) => x.name)).toEqual([first.name, within.name].sort());
+    expect(l.history.map((h: { promoted: boolean }) => h.promoted)).toEqual([true, false, false, true]);
+
+    // Not a models directory: one line, exit 2, before anything runs.
+    const foreign = join(root, 'foreign');
+    await mkdir(foreign);
+    await writeFile(join(foreign, 'notes.txt'), 'mine');
+    const r = await runCli(['run', 'all', '--config', config, '--run-dir', straight, '--promote-to', foreign]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/models directory .*foreign: not one \(no models\.json; it holds notes\.txt\)/);
+    expect(r.err).not.toMatch(/run all \[/);
+    await rm(join(models, 'current'));
+    expect((await runCli(['models', 'list', models])).err).toMatch(/has published models but no current link/);
+  }, 120_000);
 
   it('refuses --from a stage whose inputs have not run, and a lock held by a live process', async () => {
     const fresh = join(root, 'fresh');

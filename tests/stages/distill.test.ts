@@ -1,9 +1,9 @@
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { readDataset, readManifest } from '../../data/manifest.ts';
+import { readDataset, readManifest, writeManifest } from '../../data/manifest.ts';
 import { distill, teacherLogitsPart, type DistillOptions } from '../../stages/distill.ts';
 import { evaluate } from '../../stages/evaluate.ts';
 import { finetune } from '../../stages/finetune.ts';
@@ -103,6 +103,27 @@ describe('distill stage', () => {
     await distill({ ...common, data: sharded, outDir, epochs: 1, log: (l) => lines.push(l) });
     expect(lines.join('\n')).toMatch(/teacher-logits part\(s\) 1 of 2 missing or stale \(distill-part-I-of-2 did not complete/);
     expect(lines.join('\n')).toMatch(/teacher logits: 1 input shard\(s\) computed, 2 reused/);
+  });
+
+  it('keys the cached logits by input shard, so a dataset that lost and gained shards reuses the rest', async () => {
+    const sharded = await tinyImagesDataset({ perClass: 12, size: 8, maxRows: 16 }); // shards of rows 0-15, 16-31, 32-47
+    const outDir = await mkdtemp(join(tmpdir(), 'di-incr-'));
+    expect((await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 0, numShards: 1, backend: 'wasm' })).computed).toBe(3);
+    const before = await readManifest(join(outDir, 'teacher-logits')).catch(() => null);
+    expect(before).toBeNull(); // parts only; distill collects
+    // What an incremental ingest leaves: shard 1 gone (its rows removed), shard 2 moved up, a new shard after it.
+    const m = await readManifest(sharded);
+    const extra = await tinyImagesDataset({ perClass: 2, size: 8, seed: 9 });
+    const newShard = (await readManifest(extra)).shards[0];
+    await copyFile(join(extra, newShard.path), join(sharded, 'shard-00003.arrow'));
+    await writeManifest(sharded, { ...m, rows: 40, class_counts: { disc: 14, square: 6, triangle: 6, ring: 14 }, shards: [m.shards[0], m.shards[2], { ...newShard, path: 'shard-00003.arrow' }] });
+    const lines: string[] = [];
+    await distill({ ...common, data: sharded, outDir, holdout: 1, epochs: 1, log: (l) => lines.push(l) });
+    expect(lines.join('\n')).toMatch(/teacher logits: 1 input shard\(s\) computed, 2 reused/);
+    const logits = await readManifest(join(outDir, 'teacher-logits'));
+    expect(logits.rows).toBe(40);
+    // The logits of the shard that went are removed with its record.
+    expect((await readdir(join(outDir, 'teacher-logits'))).filter((f) => f.includes('shard-00001'))).toEqual([]);
   });
 
   it.each([

@@ -91,7 +91,10 @@ describe('ingest of an image folder', () => {
     expect(m.image_shape).toEqual([32, 32, 3]);
     expect(m.shards.map((s) => s.path)).toEqual(['shard-00000.arrow']);
     expect((await verifyManifest(result.outDir)).ok).toBe(true);
-    expect((await readdir(result.outDir)).sort()).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
+    const files = (await readdir(result.outDir)).sort();
+    expect(files.filter((f) => !/^files-[0-9a-f]{16}\.jsonl$/.test(f))).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
+    expect(files.filter((f) => f.startsWith('files-'))).toEqual([(m.files_index as { path: string }).path]);
+    expect(m.changes).toMatchObject({ mode: 'full', added: 12, decoded: 12, shards_new: 1 });
   });
 
   it('lists every unusable file with a reason', async () => {
@@ -187,6 +190,9 @@ describe('ingest options', () => {
     const merged = await mergePartManifests(out);
     expect(merged.rows).toBe(8);
     expect(merged.rejected).toBe(5);
+    // Parts ingest in full and leave no file index: the next single job builds one.
+    expect(merged.files_index).toBeUndefined();
+    expect(merged.changes).toBeUndefined();
     expect(merged.class_counts).toEqual({ blue: 2, green: 3, red: 3 });
     const all = await rowsOf(out);
     const whole = await rowsOf(join(root, 'all'));
@@ -202,9 +208,11 @@ describe('ingest options', () => {
   it('overwrites an earlier output cleanly', async () => {
     const first = await ingest(base('again', { maxRowsPerShard: 2 }));
     expect(first.manifest.shards).toHaveLength(4);
-    const second = await ingest(base('again'));
+    // Nothing changed: a rerun keeps the shards as they are; `full` writes them anew.
+    expect((await ingest(base('again'))).manifest.shards).toEqual(first.manifest.shards);
+    const second = await ingest(base('again', { full: true }));
     expect(second.manifest.shards).toHaveLength(1);
-    expect((await readdir(second.outDir)).sort()).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
+    expect((await readdir(second.outDir)).filter((f) => !f.startsWith('files-')).sort()).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
     expect((await verifyManifest(second.outDir)).ok).toBe(true);
   });
 });

@@ -162,4 +162,26 @@ describe('pretrain stage', () => {
     ).rejects.toThrow(/loss is (NaN|Infinity|-Infinity) at epoch \d+ step \d+ \(global step \d+/);
     expect(tf.memory().numTensors).toBe(before);
   });
+
+  it('warm-starts from another run: its encoder as the start (the kNN before the first step equals that run\'s last), its own schedule; another architecture is refused', async () => {
+    const common = { data, batchSize: 8, headLayers: 2, projectionDim: 16, backend: 'wasm' as const, workers: 1, seed: 3, logEvery: 100, knnHoldout: 2, knnEvery: 1, knnK: 3 };
+    const first = await mkdtemp(join(tmpdir(), 'pretrain-first-'));
+    const a = await pretrain({ ...common, epochs: 2, outDir: first });
+    const second = await mkdtemp(join(tmpdir(), 'pretrain-warm-'));
+    const before = tf.memory().numTensors;
+    const b = await pretrain({ ...common, epochs: 1, outDir: second, initFrom: first });
+    expect(tf.memory().numTensors).toBe(before);
+    expect(b.initFrom?.checkpoint).toBe(join(first, 'checkpoint'));
+    expect(b.metrics.knn_accuracy_random_init).toBeUndefined();
+    // The same encoder, bank and queries (same data and seed): the same kNN accuracy.
+    expect(b.metrics.knn_accuracy_init_from).toBe(a.metrics.knn_accuracy);
+    const rows = (await readFile(join(second, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    expect(rows.filter((r) => r.summary === 'epoch').length).toBe(1); // its own one-epoch schedule
+    // The resume key holds the start: a resume of the warm-started run without it is refused.
+    await expect(pretrain({ ...common, epochs: 2, outDir: first, initFrom: second, resume: true })).rejects.toThrow(/does not record initFrom/);
+    await expect(pretrain({ ...common, epochs: 1, headLayers: 3, outDir: await mkdtemp(join(tmpdir(), 'pretrain-warm-')), initFrom: first })).rejects.toThrow(
+      /pretrain\.initFrom .*: another architecture \(headLayers 2 there, 3 here\); warm starts need the same network/,
+    );
+    await expect(pretrain({ ...common, epochs: 1, outDir: await mkdtemp(join(tmpdir(), 'pretrain-warm-')), initFrom: data })).rejects.toThrow(/checkpoint\.json: is missing, so the checkpoint is incomplete/);
+  });
 });
