@@ -99,7 +99,8 @@ describe('a failed re-run keeps the previous dataset', () => {
   it('ingest: ENOSPC while writing the new shards (same names as the old ones)', async () => {
     const { outDir, before } = await previous('enospc');
     disk.left = 2000;
-    const err = await ingest({ input: images, outDir, size: 8, workers: 1, maxRowsPerShard: 2 })
+    // full: the same files would otherwise be an incremental re-run with nothing to decode.
+    const err = await ingest({ input: images, outDir, size: 8, workers: 1, maxRowsPerShard: 2, full: true })
       .catch((e) => e)
       .finally(() => (disk.left = null));
     expect(err).toBeInstanceOf(FileWriteError);
@@ -134,7 +135,9 @@ describe('a failed re-run keeps the previous dataset', () => {
   it('a successful re-run replaces the old dataset and removes its extra shards', async () => {
     const { outDir } = await previous('replace');
     const second = await ingest({ input: images, outDir, size: 6, workers: 1 });
-    expect((await readdir(outDir)).sort()).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
+    const files = (await readdir(outDir)).sort();
+    expect(files.filter((f) => !/^files-[0-9a-f]{16}\.jsonl$/.test(f))).toEqual(['manifest.json', 'rejected.jsonl', 'shard-00000.arrow']);
+    expect(files.filter((f) => f.startsWith('files-'))).toHaveLength(1); // the new file index only
     expect((await readManifest(outDir)).image_shape).toEqual([6, 6, 3]);
     expect((await loadImages(outDir)).ids).toHaveLength(second.rows);
   });
