@@ -117,8 +117,9 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     const log = (line: string) => {
       if (!argv.json || verbose) io.stderr(line);
     };
-    // `--force` alone redoes every stage; `--force STAGE` that stage and what follows it.
-    const force = argv.force === undefined ? [] : (argv.force as string[]).map((s) => (s === '' ? 'all' : s));
+    // `--force` alone (no value, or '') redoes every stage; `--force STAGE` that stage and what follows it.
+    const given = argv.force as string[] | undefined;
+    const force = given === undefined ? [] : given.length === 0 || given.includes('') ? ['all'] : given;
     // A promotion directory that is not one fails now, not after the night's training.
     if (argv.promoteTo !== undefined) await (await import('./promote.ts')).openModelsDir(resolve(argv.promoteTo as string), true);
     const { runAll } = await import('./run-all.ts');
@@ -129,7 +130,7 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
           file,
           set: (argv.set as string[] | undefined) ?? [],
           flags: pickFlags(argv, COMMON_OPTIONS),
-          force: force.length === 0 && argv.force !== undefined ? ['all'] : force,
+          force,
           from: argv.from as string | undefined,
           until: argv.until as string | undefined,
           env: { log, json: argv.json, io, signal },

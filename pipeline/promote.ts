@@ -1,9 +1,9 @@
 // Model promotion for nightly runs: a run's exported student is published as MODELS_DIR/<timestamp>/
 // and MODELS_DIR/current moved to it, only when it scores at least as well as the current model on
 // the same evaluation split; every decision is appended to MODELS_DIR/history.jsonl.
-import { appendFile, cp, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
+import { appendFile, cp, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { tempPath, writeFileAtomic } from '../data/files.ts';
+import { exists, tempPath, writeFileAtomic } from '../data/files.ts';
 import type { BackendName } from '../models/engine/backend.ts';
 import { findStageCheckpoint } from '../models/checkpoint.ts';
 import { sha256File } from '../data/manifest.ts';
@@ -45,8 +45,6 @@ export interface PromoteOptions {
   backend?: BackendName;
   log?: (line: string) => void;
 }
-
-const exists = (path: string) => stat(path).then(() => true, () => false);
 
 /**
  * Checks `dir` is a models directory (created when missing or empty) and returns its current

@@ -1,9 +1,8 @@
 // `pipeline run all`: the graph of pipeline/graph.ts run in order under one run-dir lock. A stage
 // that is up to date is skipped, a training stage a killed run left behind resumes from its last
 // checkpoint, and the report is rebuilt at the end.
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../data/files.ts';
+import { exists, writeFileAtomic } from '../data/files.ts';
 import { ConfigError, type ConfigFile } from './config.ts';
 import { downstreamOf, planRun, upstreamOf, type PlanNode } from './graph.ts';
 import { acquireRunLock } from './lock.ts';
@@ -36,8 +35,6 @@ export interface RunAllResult {
   nodes: RunAllNodeResult[];
   report: string | null;
 }
-
-const exists = (path: string) => stat(path).then(() => true, () => false);
 
 /** The plan as RUN_DIR/plan.json: what the report lists, run or not yet. */
 function planJson(nodes: readonly PlanNode[]): string {

@@ -3,10 +3,11 @@
 // more, night 3 the rest with 5 % removed. Each night is `pipeline run all` in its own run dir,
 // with the previous night's ingest carried over (hard links: shards are never rewritten in place),
 // a warm start from the previous night's encoder and promotion into one models directory.
-import { link, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { exists } from '../data/files.ts';
 import { main } from '../pipeline/cli.ts';
 import { makeSyntheticDataset, mulberry32, SYNTHETIC_CLASSES } from './synthetic.ts';
 
@@ -26,7 +27,6 @@ const perClass = Number(values['per-class']);
 const pool = join(root, 'pool');
 const incoming = join(root, 'incoming');
 const models = join(root, 'models');
-const exists = (path: string) => stat(path).then(() => true, () => false);
 
 await rm(join(root, 'nights'), { recursive: true, force: true });
 await rm(incoming, { recursive: true, force: true });

@@ -1,10 +1,11 @@
 // `npm run quickstart [-- --run-dir DIR --per-class N --backend B --force]`: the whole pipeline
 // (`pipeline run all --config configs/quickstart.yaml`) on a synthetic labeled image set made on the
 // spot, ending with the table SSL fine-tuned vs supervised baseline vs distilled student.
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { exists } from '../data/files.ts';
 import { main } from '../pipeline/cli.ts';
 import { makeSyntheticDataset, SYNTHETIC_CLASSES } from './synthetic.ts';
 
@@ -23,7 +24,6 @@ const runDir = resolve(values['run-dir']!);
 const perClass = Number(values['per-class']);
 const imagesDir = join(runDir, 'synthetic-images');
 const started = performance.now();
-const exists = (path: string) => stat(path).then(() => true, () => false);
 
 if (values.force || !(await exists(join(imagesDir, SYNTHETIC_CLASSES[0])))) {
   console.error(`== synthetic images: ${SYNTHETIC_CLASSES.length} classes × ${perClass} (PNG and JPEG, 40 px) in ${imagesDir}`);
