@@ -68,6 +68,19 @@ export function configHoldout(file: ConfigFile | undefined): number | undefined 
   return value;
 }
 
+/** `--set holdout=N` (no section: the top-level key) written into the config file's top level. */
+function withTopLevelSet(file: ConfigFile | undefined, set: readonly string[]): { file: ConfigFile | undefined; set: readonly string[] } {
+  const top = set.filter((entry) => {
+    const eq = entry.indexOf('=');
+    return eq > 0 && normaliseKey(entry.slice(0, eq)) === 'holdout';
+  });
+  if (top.length === 0) return { file, set };
+  const base: ConfigFile = file ?? { path: '--set', common: {}, stages: {} };
+  const common = { ...Object.fromEntries(Object.entries(base.common).filter(([k]) => normaliseKey(k) !== 'holdout')) };
+  for (const entry of top) common.holdout = entry.slice(entry.indexOf('=') + 1);
+  return { file: { ...base, common }, set: set.filter((e) => !top.includes(e)) };
+}
+
 /** The key a stage calls the shared test split by (pretrain's kNN monitor queries are that split). */
 export function holdoutKey(specs: OptionSpecs): 'holdout' | 'knnHoldout' | null {
   return 'holdout' in specs ? 'holdout' : 'knnHoldout' in specs ? 'knnHoldout' : null;
@@ -101,7 +114,8 @@ export interface PlanInput {
  * baseline (same ids, from scratch), distill (from that finetune), the evaluation of each, export
  * of the student. One fraction keeps the plain names; several suffix each of those by the fraction.
  */
-export function planRun({ runDir, file, set = [], flags = {} }: PlanInput): PlanNode[] {
+export function planRun({ runDir, file: fileIn, set: setIn = [], flags = {} }: PlanInput): PlanNode[] {
+  const { file, set } = withTopLevelSet(fileIn, setIn);
   const labelsSet = takeSet(set, 'finetune', 'labels');
   const fromFile = sectionValue(file, 'finetune', 'labels')?.value;
   const labelList = labelsSet.value !== undefined ? [labelsSet.value] : fromFile === undefined ? [FINETUNE_DEFAULTS.labels] : Array.isArray(fromFile) ? fromFile : [fromFile];

@@ -87,7 +87,9 @@ export async function runAll(options: RunAllOptions): Promise<RunAllResult> {
         runDir,
         config,
         inputs,
-        force: !resumable,
+        // A training stage not resumed starts over (its checkpoint replaced); any other stage redoes
+        // its work from scratch only when asked (--force): a changed folder is ingested incrementally.
+        force: 'resume' in node.definition.options ? !resumable : forced.has(node.name),
         volatile: node.definition.volatile,
         lockHeld: true,
         log,

@@ -446,7 +446,7 @@ export const STAGES: Record<string, StageDefinition> = {
       const teacher = c.teacher ?? join(ctx.runDir, 'finetune');
       if (numShards > 1) {
         const part = await teacherLogitsPart({ data, teacher, outDir: join(ctx.runDir, distillDirFor(c.teacher)), shardIndex, numShards, backend: c.backend, log: env.log, onBackend: ctx.setBackend });
-        return { outputs: [{ path: part.teacherLogits }], metrics: { logits_shards_computed: part.computed, logits_shards_reused: part.reused } };
+        return { outputs: [{ path: part.teacherLogits }], metrics: { logits_shards_computed: part.computed, logits_shards_reused: part.reused, logits_seconds: part.seconds } };
       }
       const result = await distill({
         ...c,

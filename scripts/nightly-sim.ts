@@ -1,8 +1,11 @@
-// `npm run nightly-sim [-- --root DIR --per-class N --backend B]`: three simulated nights of a
+// `npm run nightly-sim [-- --root DIR --per-class N --backend B --warm-epochs E --set stage.key=value]`: three simulated nights of a
 // nightly job on the quickstart's synthetic images. Night 1 sees all but 20 % of them, night 2 10 %
-// more, night 3 the rest with 5 % removed. Each night is `pipeline run all` in its own run dir,
-// with the previous night's ingest carried over (hard links: shards are never rewritten in place),
-// a warm start from the previous night's encoder and promotion into one models directory.
+// more, night 3 the rest with 5 % removed. Each night has its own run dir, the previous night's
+// stages carried over as hard links (shards and checkpoints are never rewritten in place), and
+// promotes into one models directory. Night 1 runs the whole pipeline cold; night 2 is a student
+// refresh (incremental ingest, then `run all --from distill`: yesterday's teachers, so only the new
+// shards' logits are computed); night 3 a teacher refresh (`run all`, pretraining warm-started from
+// yesterday's encoder: new teachers, so every image's logits are computed again).
 import { link, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +23,8 @@ const { values } = parseArgs({
     backend: { type: 'string', default: 'auto' },
     // Nights after the first train less: they start from yesterday's encoder.
     'warm-epochs': { type: 'string', default: '20' },
+    // Config overrides for every night (`--set distill.epochs=10`), passed to each command.
+    set: { type: 'string', multiple: true, default: [] },
   },
 });
 const root = resolve(values.root!);
@@ -76,14 +81,17 @@ async function linkTree(from: string, to: string): Promise<void> {
 
 interface NightRow {
   night: number;
+  kind: string;
   images: number;
   added: number;
   removed: number;
   decoded: number;
-  seconds: Record<string, number>;
+  seconds: Record<'ingest' | 'pretrain' | 'finetune' | 'logits' | 'distill' | 'all', number>;
+  logits: { computed: number; reused: number };
   accuracy: number;
   promoted: string;
 }
+type Manifest = { started_at: string; finished_at: string; rows?: number; changes?: Record<string, number>; metrics?: Record<string, number> };
 const rows: NightRow[] = [];
 let previous: string | null = null;
 for (const night of [1, 2, 3]) {
@@ -91,46 +99,80 @@ for (const night of [1, 2, 3]) {
   await syncIncoming(wanted);
   const runDir = join(root, 'nights', `night-${night}`);
   await mkdir(runDir, { recursive: true });
-  const set = ['--set', `ingest.input=${incoming}`];
-  if (previous) {
-    // Yesterday's dataset, updated incrementally; yesterday's encoder as the start.
+  const set = ['--set', `ingest.input=${incoming}`, ...values.set!.flatMap((kv) => ['--set', kv])];
+  const common = ['--config', CONFIG, '--run-dir', runDir, '--backend', values.backend!];
+  const began = Date.now();
+  let kind: string;
+  if (previous === null) {
+    kind = 'first (cold)';
+    console.error(`\n== night ${night}: ${wanted.length} images, the whole pipeline from random weights`);
+    const code = await main(['run', 'all', ...common, ...set, '--promote-to', models]);
+    if (code !== 0) process.exit(code);
+  } else if (night === 2) {
+    // Student refresh: yesterday's dataset updated incrementally, yesterday's teachers kept (so the
+    // logits of unchanged shards are reused), the students distilled again on the grown dataset.
+    kind = 'student refresh';
+    for (const d of await readdir(previous)) {
+      if (d === 'ingest' || d === 'pretrain' || d.startsWith('finetune')) await linkTree(join(previous, d), join(runDir, d));
+      if (d.startsWith('distill') && (await exists(join(previous, d, 'teacher-logits')))) await linkTree(join(previous, d, 'teacher-logits'), join(runDir, d, 'teacher-logits'));
+    }
+    console.error(`\n== night ${night}: ${wanted.length} images, incremental ingest, then run all --from distill (teachers kept)`);
+    let code = await main(['run', 'ingest', ...common, '--set', `ingest.input=${incoming}`, ...values.set!.filter((kv) => kv.startsWith('ingest.')).flatMap((kv) => ['--set', kv])]);
+    if (code === 0) code = await main(['run', 'all', ...common, ...set, '--from', 'distill', '--promote-to', models]);
+    if (code !== 0) process.exit(code);
+  } else {
+    // Teacher refresh: the whole pipeline again, pretraining warm-started from yesterday's encoder.
+    kind = 'teacher refresh (warm start)';
     await linkTree(join(previous, 'ingest'), join(runDir, 'ingest'));
     set.push('--set', `pretrain.init_from=${join(previous, 'pretrain')}`, '--set', `pretrain.epochs=${values['warm-epochs']}`);
+    console.error(`\n== night ${night}: ${wanted.length} images, run all warm-started from ${join(previous, 'pretrain')}`);
+    const code = await main(['run', 'all', ...common, ...set, '--promote-to', models]);
+    if (code !== 0) process.exit(code);
   }
-  console.error(`\n== night ${night}: ${wanted.length} images in ${incoming}`);
-  const code = await main(['run', 'all', '--config', CONFIG, '--run-dir', runDir, ...set, '--backend', values.backend!, '--promote-to', models]);
-  if (code !== 0) process.exit(code);
-  const manifest = async (stage: string) => JSON.parse(await readFile(join(runDir, stage, 'manifest.json'), 'utf8'));
-  const plan: { name: string }[] = JSON.parse(await readFile(join(runDir, 'plan.json'), 'utf8')).nodes;
-  const seconds: Record<string, number> = {};
-  for (const n of plan) {
-    const m = await manifest(n.name);
-    seconds[n.name] = (Date.parse(m.finished_at) - Date.parse(m.started_at)) / 1000;
+  // The stages this night ran (a linked manifest of yesterday's began before tonight).
+  const manifests = new Map<string, Manifest>();
+  for (const d of await readdir(runDir)) {
+    const file = join(runDir, d, 'manifest.json');
+    if (!(await exists(file))) continue;
+    const m = JSON.parse(await readFile(file, 'utf8')) as Manifest;
+    if (Date.parse(m.started_at) >= began) manifests.set(d, m);
   }
-  const ingest = await manifest('ingest');
-  const changes = ingest.changes ?? {};
+  const secs = (m: Manifest) => (Date.parse(m.finished_at) - Date.parse(m.started_at)) / 1000;
+  const sum = (prefix: string) => [...manifests].filter(([d]) => d === prefix || d.startsWith(`${prefix}-`)).reduce((s, [, m]) => s + secs(m), 0);
+  const distills = [...manifests].filter(([d]) => d.startsWith('distill')).map(([, m]) => m.metrics ?? {});
+  const ingest = JSON.parse(await readFile(join(runDir, 'ingest', 'manifest.json'), 'utf8')) as Manifest;
+  const changes = manifests.has('ingest') ? (ingest.changes ?? {}) : {};
   const history = (await readFile(join(models, 'history.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
   const last = history[history.length - 1];
-  const logits = plan.filter((n) => n.name.startsWith('distill')).map((n) => n.name);
+  const logitsSeconds = distills.reduce((s, m) => s + (m.logits_seconds ?? 0), 0);
   rows.push({
     night,
-    images: ingest.rows,
-    added: changes.added ?? ingest.rows,
+    kind,
+    images: ingest.rows ?? 0,
+    added: changes.added ?? ingest.rows ?? 0,
     removed: changes.removed ?? 0,
-    decoded: changes.decoded ?? ingest.rows,
-    seconds: { ingest: seconds.ingest, pretrain: seconds.pretrain, distill: logits.reduce((s, n) => s + seconds[n], 0), all: Object.values(seconds).reduce((a, b) => a + b, 0) },
+    decoded: changes.decoded ?? ingest.rows ?? 0,
+    seconds: {
+      ingest: manifests.has('ingest') ? secs(manifests.get('ingest')!) : 0,
+      pretrain: sum('pretrain'),
+      finetune: sum('finetune') + sum('baseline'),
+      logits: logitsSeconds,
+      distill: sum('distill') - logitsSeconds,
+      all: (Date.now() - began) / 1000,
+    },
+    logits: { computed: distills.reduce((s, m) => s + (m.logits_shards_computed ?? 0), 0), reused: distills.reduce((s, m) => s + (m.logits_shards_reused ?? 0), 0) },
     accuracy: last.accuracy,
     promoted: last.promoted ? `promoted (${last.reason})` : `kept (${last.reason})`,
   });
   previous = runDir;
 }
 
-console.log('\nnight  images  added  removed  decoded  ingest s  pretrain s  distill s  all stages s  student acc  promotion');
+const header = ['night', 'kind', 'images', 'added', 'removed', 'decoded', 'ingest s', 'pretrain s', 'finetune+baseline s', 'logits s', 'logits shards computed/reused', 'distill training s', 'night s', 'student acc', 'promotion'];
+console.log(`\n| ${header.join(' | ')} |\n|${header.map(() => '---').join('|')}|`);
 for (const r of rows) {
+  const f = (x: number) => x.toFixed(1);
   console.log(
-    `${String(r.night).padStart(5)}  ${String(r.images).padStart(6)}  ${String(r.added).padStart(5)}  ${String(r.removed).padStart(7)}  ${String(r.decoded).padStart(7)}  ` +
-      `${r.seconds.ingest.toFixed(1).padStart(8)}  ${r.seconds.pretrain.toFixed(1).padStart(10)}  ${r.seconds.distill.toFixed(1).padStart(9)}  ${r.seconds.all.toFixed(1).padStart(12)}  ` +
-      `${(100 * r.accuracy).toFixed(1).padStart(9)} %  ${r.promoted}`,
+    `| ${[r.night, r.kind, r.images, r.added, r.removed, r.decoded, f(r.seconds.ingest), f(r.seconds.pretrain), f(r.seconds.finetune), f(r.seconds.logits), `${r.logits.computed}/${r.logits.reused}`, f(r.seconds.distill), f(r.seconds.all), `${(100 * r.accuracy).toFixed(1)} %`, r.promoted].join(' | ')} |`,
   );
 }
 console.log(`models: npx pipeline models list ${models}`);

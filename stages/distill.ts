@@ -65,7 +65,20 @@ export interface DistillResult {
   metricsFile: string;
   teacherLogits: string;
   classes: string[];
-  metrics: { loss: number; images_per_second: number; epochs: number; steps: number; images: number; parameters: number; teacher_parameters: number; accuracy?: number };
+  metrics: {
+    loss: number;
+    images_per_second: number;
+    epochs: number;
+    steps: number;
+    images: number;
+    parameters: number;
+    teacher_parameters: number;
+    accuracy?: number;
+    /** The teacher pass of this run: input shards whose logits it computed, and those an earlier run or part job left. */
+    logits_shards_computed: number;
+    logits_shards_reused: number;
+    logits_seconds: number;
+  };
   backend: string;
 }
 
@@ -134,7 +147,7 @@ async function computeTeacherLogits(
   teacherSha256: string,
   part: { shardIndex: number; numShards: number },
   log: (line: string) => void,
-): Promise<{ computed: number; reused: number }> {
+): Promise<{ computed: number; reused: number; seconds: number }> {
   await mkdir(dir, { recursive: true });
   const k = all.classes.length;
   const info = schemaInfo('logits', { dim: k }, all.classes);
@@ -173,8 +186,9 @@ async function computeTeacherLogits(
     await writeFileAtomic(partFile(dir, input), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard, ...(part.numShards > 1 ? { part: { index: part.shardIndex, count: part.numShards } } : {}) } satisfies LogitsPart) + '\n');
     computed++;
   }
-  log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${dir}`);
-  return { computed, reused };
+  const seconds = (performance.now() - t0) / 1000;
+  log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${seconds.toFixed(1)} s → ${dir}`);
+  return { computed, reused, seconds };
 }
 
 async function readPart(path: string): Promise<LogitsPart | null> {
@@ -276,7 +290,7 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     const hashes = { teacher: await teacherHash(teacherDir), data: datasetHash(dataManifest) };
     const logitsDir = join(r.outDir, 'teacher-logits');
     // Every input shard not yet done (by part jobs or an earlier run) is computed here.
-    await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
+    const teacherPass = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
     const cached = await collectTeacherLogits({ ...all, classes }, dataManifest, logitsDir, hashes);
     const rowOf = new Map(all.ids.map((id, i) => [id, i]));
     // Labeled ids for the α·CE term.
@@ -394,6 +408,9 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
           images: n,
           parameters,
           teacher_parameters: teacherParameters,
+          logits_shards_computed: teacherPass.computed,
+          logits_shards_reused: teacherPass.reused,
+          logits_seconds: teacherPass.seconds,
           ...(metrics.accuracy !== undefined ? { accuracy: metrics.accuracy } : {}),
         },
         backend: backend.name,
@@ -426,7 +443,7 @@ export interface TeacherLogitsPartOptions {
  * the teacher's logits of this part's input shards, skipping those already done. A later
  * `distill` without parts finds them and trains.
  */
-export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Promise<{ teacherLogits: string; computed: number; reused: number; backend: string }> {
+export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Promise<{ teacherLogits: string; computed: number; reused: number; seconds: number; backend: string }> {
   const { shardIndex, numShards } = options;
   if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`distill.numShards must be an integer >= 1, got ${numShards}`);
   if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`distill.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);

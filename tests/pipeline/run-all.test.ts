@@ -54,6 +54,16 @@ describe('run all plan', () => {
     expect(labelTag('/data/ids.csv')).toBe('ids');
   });
 
+  it('--set holdout=N sets the top-level test split, over the config file', () => {
+    const nodes = planRun({ runDir: '/r', file: configFile({ holdout: 5, ingest: { input: '/images' } }), set: ['holdout=3'] });
+    const byName = new Map(nodes.map((n) => [n.name, n]));
+    expect(byName.get('pretrain')!.config.knnHoldout).toBe(3);
+    expect(byName.get('finetune')!.config.holdout).toBe(3);
+    expect(byName.get('evaluate-distill')!.config.holdout).toBe(3);
+    expect(planRun({ runDir: '/r', set: ['ingest.input=/images', 'holdout=2'] }).find((n) => n.name === 'baseline')!.config.holdout).toBe(2);
+    expect(() => planRun({ runDir: '/r', set: ['ingest.input=/images', 'holdout=-1'] })).toThrow(/'holdout' must be an integer >= 0/);
+  });
+
   it('--force, --from and --until take a directory, a name without the fraction suffix, or a stage', () => {
     const nodes = planRun({ runDir: '/r', file: configFile({ holdout: 5, ingest: { input: '/images' }, finetune: { labels: ['1%', '10%'] } }) });
     expect([...downstreamOf(nodes, ['distill-1pct'], '--force')].sort()).toEqual(['distill-1pct', 'evaluate-distill-1pct', 'export-1pct']);
@@ -128,7 +138,7 @@ export:
  * ingest did against the dataset it found (killed after publishing, it is rerun and finds nothing
  * to decode); `resume` in a training stage's config.json (true when run all resumed it).
  */
-const HOW_IT_RAN = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new)|resume)$/;
+const HOW_IT_RAN = /^(started_at|finished_at|images_per_second|pairs_per_second|.*_seconds|elapsed.*|wall.*|changes|added|changed|removed|unchanged|decoded|incremental|shards_(kept|rewritten|new)|logits_shards_(computed|reused)|resume)$/;
 
 /** A value with HOW_IT_RAN fields dropped and the run dir's own path written as RUN_DIR (the two runs live in two dirs). */
 function comparable(value: unknown, runDir: string): unknown {
@@ -305,6 +315,23 @@ describe('run all, killed anywhere', () => {
     await rm(join(models, 'current'));
     expect((await runCli(['models', 'list', models])).err).toMatch(/has published models but no current link/);
   }, 120_000);
+
+  it('ingests a grown folder incrementally (decodes only the new files) unless --force ingest', async () => {
+    const folder = join(root, 'growing');
+    await makeSyntheticDataset({ dir: folder, perClass: 6, size: 20, seed: 5, classes: ['disc', 'square', 'ring', 'checker'] });
+    const more = join(root, 'more');
+    await makeSyntheticDataset({ dir: more, perClass: 1, size: 20, seed: 6, classes: ['disc', 'square', 'ring', 'checker'] });
+    const runDir = join(root, 'grow-run');
+    const args = ['run', 'all', '--config', config, '--run-dir', runDir, '--until', 'ingest', '--set', `ingest.input=${folder}`];
+    expect((await runCli(args)).code).toBe(0);
+    for (const cls of await readdir(more)) for (const f of await readdir(join(more, cls))) await writeFile(join(folder, cls, `new-${f}`), await readFile(join(more, cls, f)));
+    const grown = await runCli(args);
+    expect(grown.code, grown.err).toBe(0);
+    const metrics = async () => (JSON.parse(await readFile(join(runDir, 'ingest', 'manifest.json'), 'utf8')) as { metrics: Record<string, number> }).metrics;
+    expect(await metrics()).toMatchObject({ images: 28, incremental: 1, added: 4, decoded: 4, unchanged: 24 });
+    expect((await runCli([...args, '--force', 'ingest'])).code).toBe(0);
+    expect(await metrics()).toMatchObject({ images: 28, incremental: 0, decoded: 28 });
+  });
 
   it('refuses --from a stage whose inputs have not run, and a lock held by a live process', async () => {
     const fresh = join(root, 'fresh');
