@@ -271,13 +271,19 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
           .option('batch-size', { type: 'number', default: 256, describe: 'images per inference batch' })
           .option('workers', { type: 'number', describe: 'decoding threads (default: cores)' })
           .option('backend', { type: 'string', default: 'auto', choices: BACKEND_NAMES, describe: 'compute backend' })
-          .example('$0 predict --checkpoint runs/cifar/distill --input new-images/ --out predictions.csv', 'the nightly job on the day\'s new images'),
+          .option('shard-index', { type: 'number', describe: 'a part job: this job\'s part of the sorted input (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)' })
+          .option('num-shards', { type: 'number', describe: 'parts of the input; > 1: predict this part into OUT\'s stem.part-IIIII-of-NNNNN, then `pipeline merge OUT` (default $SLURM_ARRAY_TASK_COUNT or 1)' })
+          .example('$0 predict --checkpoint runs/cifar/distill --input new-images/ --out predictions.csv', 'the nightly job on the day\'s new images')
+          .example('$0 predict --checkpoint runs/cifar/distill --input new-images/ --out predictions.csv --shard-index 0 --num-shards 4', 'one of 4 array tasks; then: $0 merge predictions.csv'),
       async (argv) => {
         const { predict } = await import('../stages/predict.ts');
         const { createProgress } = await import('./progress.ts');
         let progress: ReturnType<typeof createProgress> | null = null;
         let phase = '';
+        const { shardFromEnvironment } = await import('./stages.ts');
+        const part = shardFromEnvironment({ shardIndex: argv.shardIndex as number | undefined, numShards: argv.numShards as number | undefined });
         const result = await predict({
+          ...part,
           checkpoint: argv.checkpoint as string,
           input: argv.input as string,
           out: resolve(argv.out as string),
@@ -305,12 +311,24 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
     )
     .command(
       'merge <dir>',
-      'join the parts of a partitioned ingest (--num-shards N) into one dataset: every part present and intact, one config; exit 2 naming what is missing',
+      'join the parts of a partitioned ingest or predict (--num-shards N): every part present and intact, one config; exit 2 naming what is missing',
       (y) =>
         y
-          .positional('dir', { type: 'string', describe: 'the dataset dir the parts wrote (pipeline ingest --out DIR), or RUN_DIR / RUN_DIR/ingest' })
-          .example('$0 merge runs/cifar', 'after the Indexed Job or Slurm array of `pipeline run ingest --num-shards N`'),
+          .positional('dir', { type: 'string', describe: 'the dataset dir the parts wrote (pipeline ingest --out DIR), RUN_DIR / RUN_DIR/ingest, or a predict --out FILE.csv|.arrow' })
+          .example('$0 merge runs/cifar', 'after the Indexed Job or Slurm array of `pipeline run ingest --num-shards N`')
+          .example('$0 merge predictions.csv', 'after the parts of `pipeline predict --out predictions.csv --num-shards N`'),
       async (argv) => {
+        if (/\.(csv|arrow)$/i.test(argv.dir as string)) {
+          const { mergePredictionParts } = await import('./merge.ts');
+          const merged = await mergePredictionParts({
+            out: argv.dir as string,
+            log: (line) => {
+              if (!argv.json || argv.verbose) io.stderr(line);
+            },
+          });
+          if (argv.json) io.stdout(JSON.stringify({ command: 'merge', out: merged.out, parts: merged.parts, rows: merged.rows, rejected: merged.rejected }));
+          return;
+        }
         const { mergeParts } = await import('./merge.ts');
         const result = await mergeParts({
           dir: argv.dir as string,

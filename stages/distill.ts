@@ -24,7 +24,7 @@ import { embed, pixelsToTensor } from '../models/simclr.ts';
 import { trainStep } from '../models/train-step.ts';
 import { withDefaults } from './options.ts';
 import { imageBatches } from './training/batches.ts';
-import { requireClassifier } from './training/checkpoints.ts';
+import { classifierHash, requireClassifier } from './training/checkpoints.ts';
 import { openTraining, TrainingInputError, trainingLoop, type TrainingStageOptions } from './training/loop.ts';
 
 export type TeacherMode = 'cached' | 'online';
@@ -105,12 +105,6 @@ export const DISTILL_DEFAULTS = {
   evalEvery: 0,
 } as const satisfies Partial<DistillOptions>;
 
-/** Identity of a teacher: the hash of its classifier's weights and topology. */
-async function teacherHash(checkpointDir: string): Promise<string> {
-  const hash = createHash('sha256');
-  for (const file of ['model.json', 'weights.bin']) hash.update(await readFile(join(checkpointDir, 'classifier', file)));
-  return hash.digest('hex');
-}
 
 /** What one input shard's teacher logits were computed from; `logits-<input shard name>.json` beside its shard. */
 interface LogitsPart {
@@ -287,7 +281,7 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     student = buildClassifier(encoder, head, studentHeadLayers, k);
 
     const dataManifest = await readManifest(r.data);
-    const hashes = { teacher: await teacherHash(teacherDir), data: datasetHash(dataManifest) };
+    const hashes = { teacher: await classifierHash(teacherDir), data: datasetHash(dataManifest) };
     const logitsDir = join(r.outDir, 'teacher-logits');
     // Every input shard not yet done (by part jobs or an earlier run) is computed here.
     const teacherPass = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
@@ -456,7 +450,7 @@ export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Prom
   const teacher = (await loadCheckpoint(teacherDir, { models: ['classifier'] })).models.classifier;
   try {
     const logitsDir = join(options.outDir, 'teacher-logits');
-    const done = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, await teacherHash(teacherDir), { shardIndex, numShards }, log);
+    const done = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, await classifierHash(teacherDir), { shardIndex, numShards }, log);
     return { teacherLogits: logitsDir, ...done, backend: backend.name };
   } finally {
     teacher.dispose();

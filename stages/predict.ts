@@ -1,12 +1,13 @@
 // `pipeline predict`: a trained classifier applied to new images (a folder, a CSV list or an
 // images dataset), decoded exactly as ingest decodes them, one row per image → CSV or Arrow.
 import * as tf from '@tensorflow/tfjs';
-import { copyFile, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { csvField } from '../data/csv.ts';
 import { writeFileAtomic } from '../data/files.ts';
-import { MANIFEST_FILE, readManifest } from '../data/manifest.ts';
+import { MANIFEST_FILE, partPrefix, readManifest } from '../data/manifest.ts';
 import { loadImages, type InMemoryImages } from '../data/memory.ts';
 import { schemaInfo } from '../data/schemas.ts';
 import { writeShards } from '../data/shards.ts';
@@ -15,7 +16,7 @@ import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { embed } from '../models/simclr.ts';
 import { ingest } from './ingest.ts';
 import { withDefaults } from './options.ts';
-import { requireClassifier } from './training/checkpoints.ts';
+import { classifierHash, requireClassifier } from './training/checkpoints.ts';
 import { TrainingInputError } from './training/loop.ts';
 
 export interface PredictOptions {
@@ -31,9 +32,36 @@ export interface PredictOptions {
   /** Decoding threads. */
   workers?: number;
   backend?: BackendName;
+  /**
+   * A part job (a Kubernetes Indexed Job or Slurm array task): the shardIndex-th of numShards
+   * contiguous runs of the sorted input list (of the dataset's rows), written to `partOutput(out, …)`
+   * with a `.json` record beside it; `pipeline merge OUT` joins the parts into OUT.
+   */
+  shardIndex?: number;
+  numShards?: number;
   log?: (line: string) => void;
   onProgress?: (done: number, total: number, phase: 'decode' | 'predict') => void;
   onBackend?: (name: string) => void;
+}
+
+/** Where part `index` of `count` of a predict to `out` writes: `preds.csv` → `preds.part-00001-of-00004.csv`. */
+export function partOutput(out: string, index: number, count: number): string {
+  const ext = out.toLowerCase().endsWith('.arrow') ? out.slice(-6) : out.slice(-4);
+  return `${out.slice(0, -ext.length)}.${partPrefix(index, count)}${ext}`;
+}
+
+/** The record a part job writes beside its file once the file is whole: what the merge checks. */
+export interface PredictPartRecord {
+  part: { index: number; count: number };
+  /** Identity of the run the parts belong to: the classifier's weights, the input, the output format and top-k. */
+  checkpoint_sha256: string;
+  input: string;
+  format: 'csv' | 'arrow';
+  top_k: number;
+  rows: number;
+  rejected: number;
+  /** sha256 of the part's file. */
+  sha256: string;
 }
 
 export interface PredictResult {
@@ -52,12 +80,26 @@ async function isDataset(path: string): Promise<boolean> {
   return stat(join(path, MANIFEST_FILE)).then((s) => s.isFile(), () => false);
 }
 
+/** Part `index` of `count` of the rows: a contiguous run, as ingest cuts a sorted list. */
+function takeRows(images: InMemoryImages, index: number, count: number): InMemoryImages {
+  if (count === 1) return images;
+  const n = images.ids.length;
+  const [from, to] = [Math.floor((index * n) / count), Math.floor(((index + 1) * n) / count)];
+  const per = images.height * images.width * 3;
+  return { ...images, ids: images.ids.slice(from, to), labels: images.labels.slice(from, to), pixels: images.pixels.slice(from * per, to * per) };
+}
+
 export async function predict(options: PredictOptions): Promise<PredictResult> {
   const r = withDefaults(PREDICT_DEFAULTS, options);
   if (!Number.isInteger(r.topK) || r.topK < 1) throw new TrainingInputError(`predict.topK must be an integer >= 1, got ${r.topK}`);
   if (!Number.isInteger(r.batchSize) || r.batchSize < 1) throw new TrainingInputError(`predict.batchSize must be an integer >= 1, got ${r.batchSize}`);
   const format = r.out.toLowerCase().endsWith('.csv') ? 'csv' : r.out.toLowerCase().endsWith('.arrow') ? 'arrow' : null;
   if (format === null) throw new TrainingInputError(`predict.out ${r.out}: must end in .csv or .arrow`);
+  const shardIndex = r.shardIndex ?? 0;
+  const numShards = r.numShards ?? 1;
+  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`predict.numShards must be an integer >= 1, got ${numShards}`);
+  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`predict.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+  const out = numShards > 1 ? partOutput(r.out, shardIndex, numShards) : r.out;
   const log = r.log ?? (() => {});
 
   const { dir, classes } = await requireClassifier(r.checkpoint, 'predict.checkpoint', 'give a finetune, baseline or distill stage directory');
@@ -76,20 +118,22 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
     if (await isDataset(r.input)) {
       const m = await readManifest(r.input);
       if (m.schema !== 'images') throw new TrainingInputError(`predict.input ${r.input}: holds ${m.schema}, not images`);
-      images = await loadImages(r.input);
+      images = takeRows(await loadImages(r.input), shardIndex, numShards);
       if (images.height !== size || images.width !== size) throw new TrainingInputError(`predict.input ${r.input}: ${images.height}x${images.width} px images, the classifier takes ${size}x${size} (give the image folder, which is resized as ingest does)`);
     } else {
-      const decoded = await ingest({ input: r.input, outDir: scratch, size, workers: r.workers, log: () => {}, onProgress: (done, total) => r.onProgress?.(done, total, 'decode') }).catch((err: unknown) => {
+      const decoded = await ingest({ input: r.input, outDir: scratch, size, workers: r.workers, shardIndex, numShards, log: () => {}, onProgress: (done, total) => r.onProgress?.(done, total, 'decode') }).catch((err: unknown) => {
         if (err instanceof Error && err.name === 'IngestInputError') throw new TrainingInputError(`predict.input: ${err.message}`);
         throw err;
       });
       rejected = decoded.rejected.length;
       if (rejected > 0) {
-        rejectedPath = `${r.out}.rejected.jsonl`;
+        rejectedPath = `${out}.rejected.jsonl`;
         await copyFile(decoded.rejectedPath, rejectedPath);
         log(`predict: ${rejected} unusable file(s) skipped, listed in ${rejectedPath}`);
       }
       if (decoded.rows === 0) throw new TrainingInputError(`predict.input ${r.input}: no readable image (${rejected} rejected${rejectedPath ? `, listed in ${rejectedPath}` : ''})`);
+      // A part's ingest names its manifest part-…manifest.json; it is this scratch dataset's only one.
+      if (numShards > 1) await rename(decoded.manifestPath, join(scratch, MANIFEST_FILE));
       images = await loadImages(scratch);
     }
     const n = images.ids.length;
@@ -122,22 +166,35 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
         const label = labelOf(i);
         lines.push([csvField(images.ids[i]), label === null ? '' : csvField(classes[label]), ...p.slice(0, topK).flatMap(([v, c]) => [csvField(classes[c]), v.toFixed(6)])].join(','));
       }
-      await writeFileAtomic(r.out, lines.join('\n') + '\n');
+      await writeFileAtomic(out, lines.join('\n') + '\n');
     } else {
       const info = schemaInfo('predictions', { dim: k }, classes);
-      const shardDir = await mkdtemp(join(dirname(r.out), '.predict-'));
+      const shardDir = await mkdtemp(join(dirname(out), '.predict-'));
       try {
         const [shard, ...more] = await writeShards({ dir: shardDir, schema: info, maxRows: Math.max(1, n) }, [
           { id: images.ids, label: Array.from({ length: n }, (_, i) => labelOf(i)), predicted, probabilities },
         ]);
         if (more.length > 0) throw new Error('predict: the predictions did not fit one Arrow file');
-        await rename(join(shardDir, shard.path), r.out);
+        await rename(join(shardDir, shard.path), out);
       } finally {
         await rm(shardDir, { recursive: true, force: true });
       }
     }
-    log(`predict: ${n} images → ${r.out} (${(n / seconds).toFixed(0)} images/s, backend ${backend.name})`);
-    return { out: r.out, rows: n, rejected, rejectedPath, imagesPerSecond: n / seconds, backend: backend.name };
+    if (numShards > 1) {
+      const record: PredictPartRecord = {
+        part: { index: shardIndex, count: numShards },
+        checkpoint_sha256: await classifierHash(dir),
+        input: resolve(r.input),
+        format,
+        top_k: format === 'csv' ? Math.min(r.topK, k) : k,
+        rows: n,
+        rejected,
+        sha256: createHash('sha256').update(await readFile(out)).digest('hex'),
+      };
+      await writeFileAtomic(`${out}.json`, JSON.stringify(record) + '\n');
+    }
+    log(`predict: ${n} images${numShards > 1 ? ` (part ${shardIndex} of ${numShards}; \`pipeline merge ${r.out}\` joins the parts)` : ''} → ${out} (${(n / seconds).toFixed(0)} images/s, backend ${backend.name})`);
+    return { out, rows: n, rejected, rejectedPath, imagesPerSecond: n / seconds, backend: backend.name };
   } finally {
     model.dispose();
     await rm(scratch, { recursive: true, force: true });

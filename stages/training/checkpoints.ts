@@ -1,5 +1,8 @@
 // The checkpoints stages read from one another: a stage directory (or its checkpoint/) that must
 // hold a checkpoint, and a fine-tuned classifier with the class names it was trained on.
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { findStageCheckpoint, loadCheckpoint, type JsonValue } from '../../models/checkpoint.ts';
 import { TrainingInputError } from './loop.ts';
 
@@ -21,4 +24,11 @@ export async function requireClassifier(path: string, flag: string, hint: string
   const classes = (peek.state as { config?: { classes?: string[] } }).config?.classes;
   if (!classes) throw new TrainingInputError(`${flag} ${dir}: the checkpoint does not record its classes`);
   return { dir, classes, state: peek.state };
+}
+
+/** Identity of a classifier checkpoint: the sha256 of its classifier's topology and weights. */
+export async function classifierHash(checkpointDir: string): Promise<string> {
+  const hash = createHash('sha256');
+  for (const file of ['model.json', 'weights.bin']) hash.update(await readFile(join(checkpointDir, 'classifier', file)));
+  return hash.digest('hex');
 }

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -10,7 +10,7 @@ import { embed } from '../../models/simclr.ts';
 import { SYNTHETIC_CLASSES, makeSyntheticDataset } from '../../scripts/synthetic.ts';
 import { finetune } from '../../stages/finetune.ts';
 import { ingest } from '../../stages/ingest.ts';
-import { predict } from '../../stages/predict.ts';
+import { partOutput, predict } from '../../stages/predict.ts';
 import { pretrain } from '../../stages/pretrain.ts';
 import { runCli, tinyImagesDataset } from '../helpers.ts';
 
@@ -83,5 +83,53 @@ describe('predict', () => {
     const ok = await runCli(['predict', '--checkpoint', classifierDir, '--input', folder, '--out', out, '--backend', 'wasm', '--workers', '1', '--json']);
     expect(ok.code, ok.err).toBe(0);
     expect(JSON.parse(ok.out)).toMatchObject({ command: 'predict', rows: 8, rejected: 1 });
+  });
+
+  it('runs as parts (--shard-index/--num-shards or the scheduler\'s variables) that `pipeline merge OUT` joins into the one-process output', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pr-parts-'));
+    const whole = join(dir, 'whole.csv');
+    await predict({ checkpoint: classifierDir, input: folder, out: whole, backend: 'wasm', workers: 1 });
+    const out = join(dir, 'p.csv');
+    // Part 2 first, from the Slurm variables; part 0 from the flags; part 1 missing yet.
+    const args = ['predict', '--checkpoint', classifierDir, '--input', folder, '--out', out, '--backend', 'wasm', '--workers', '1'];
+    Object.assign(process.env, { SLURM_ARRAY_TASK_ID: '2', SLURM_ARRAY_TASK_COUNT: '3' });
+    try {
+      expect((await runCli(args)).code).toBe(0);
+    } finally {
+      delete process.env.SLURM_ARRAY_TASK_ID;
+      delete process.env.SLURM_ARRAY_TASK_COUNT;
+    }
+    expect((await runCli([...args, '--shard-index', '0', '--num-shards', '3'])).code).toBe(0);
+    expect(await readdir(dir)).toContain('p.part-00002-of-00003.csv');
+    const missing = await runCli(['merge', out]);
+    expect(missing.code).toBe(2);
+    expect(missing.err).toMatch(/1 of 3 predict parts missing or unfinished: 1; re-run those parts/);
+    await predict({ checkpoint: classifierDir, input: folder, out, backend: 'wasm', workers: 1, shardIndex: 1, numShards: 3 });
+    const merged = await runCli(['merge', out, '--json']);
+    expect(merged.code, merged.err).toBe(0);
+    expect(JSON.parse(merged.out)).toMatchObject({ parts: 3, rows: 8, rejected: 1 });
+    expect(await readFile(out, 'utf8')).toBe(await readFile(whole, 'utf8'));
+    expect(await readFile(`${out}.rejected.jsonl`, 'utf8')).toMatch(/broken\.png/);
+    // Arrow parts of a dataset's rows join into the one-process file's rows.
+    const dataset = await mkdtemp(join(tmpdir(), 'pr-ds-'));
+    await ingest({ input: folder, outDir: dataset, size: 8, workers: 1, log: () => {} });
+    const arrow = join(dir, 'p.arrow');
+    for (const i of [0, 1]) await predict({ checkpoint: classifierDir, input: dataset, out: arrow, backend: 'wasm', shardIndex: i, numShards: 2 });
+    expect((await runCli(['merge', arrow])).code).toBe(0);
+    const rows = async (file: string) => {
+      const all: unknown[] = [];
+      for await (const b of readShard<'predictions'>(file, { schema: 'predictions' })) for (let r = 0; r < b.numRows; r++) all.push([b.columns.id[r], b.columns.predicted[r], Array.from(b.columns.probabilities.subarray(r * 4, r * 4 + 4))]);
+      return all;
+    };
+    const single = join(dir, 'single.arrow');
+    await predict({ checkpoint: classifierDir, input: dataset, out: single, backend: 'wasm' });
+    expect(await rows(arrow)).toEqual(await rows(single));
+    // A part made by another classifier (its record says so) is refused by name.
+    await writeFile(`${partOutput(arrow, 1, 2)}.json`, (await readFile(`${partOutput(arrow, 1, 2)}.json`, 'utf8')).replace(/"checkpoint_sha256":"[0-9a-f]+"/, '"checkpoint_sha256":"0000"'));
+    const mixed = await runCli(['merge', arrow]);
+    expect(mixed.code).toBe(2);
+    expect(mixed.err).toMatch(/p\.part-00001-of-00002\.arrow\.json: cannot merge: made with another classifier than part 0/);
+    await expect(predict({ checkpoint: classifierDir, input: folder, out, backend: 'wasm', shardIndex: 3, numShards: 3 })).rejects.toThrow(/predict\.shardIndex must be in \[0, numShards = 3\), got 3/);
+    expect((await runCli([...args, '--num-shards', '0'])).code).toBe(2);
   });
 });
