@@ -310,6 +310,35 @@ export async function main(args: readonly string[], io: StageIO = defaultIO()): 
       },
     )
     .command(
+      'embed',
+      'a pretrained encoder\'s embeddings of every image of a dataset → an embeddings dataset (one shard per input shard; parts with --num-shards)',
+      (y) =>
+        y
+          .option('checkpoint', { type: 'string', demandOption: true, describe: 'a pretrain stage directory (or its checkpoint/)' })
+          .option('data', { type: 'string', demandOption: true, describe: 'images dataset' })
+          .option('out', { type: 'string', demandOption: true, describe: 'embeddings dataset directory (kept shards of an earlier run for the same encoder are reused)' })
+          .option('backend', { type: 'string', default: 'auto', choices: BACKEND_NAMES, describe: 'compute backend' })
+          .option('shard-index', { type: 'number', describe: 'a part job: input shards i with i mod N = this (default $JOB_COMPLETION_INDEX or $SLURM_ARRAY_TASK_ID)' })
+          .option('num-shards', { type: 'number', describe: 'parts; > 1: embed this part and stop, then `pipeline embed` without parts collects (default $SLURM_ARRAY_TASK_COUNT or 1)' })
+          .example('$0 embed --checkpoint runs/cifar/pretrain --data runs/cifar/ingest --out runs/cifar/embeddings', 'every image\'s representation, for search or clustering'),
+      async (argv) => {
+        const { embedDataset } = await import('../stages/embed.ts');
+        const { shardFromEnvironment } = await import('./stages.ts');
+        const part = shardFromEnvironment({ shardIndex: argv.shardIndex as number | undefined, numShards: argv.numShards as number | undefined });
+        const result = await embedDataset({
+          ...part,
+          checkpoint: argv.checkpoint as string,
+          data: argv.data as string,
+          out: resolve(argv.out as string),
+          backend: argv.backend as BackendName,
+          log: (line) => {
+            if (!argv.json || argv.verbose) io.stderr(line);
+          },
+        });
+        if (argv.json) io.stdout(JSON.stringify({ command: 'embed', out: result.out, rows: result.rows, dim: result.dim, shards_computed: result.computed, shards_reused: result.reused, seconds: result.seconds, backend: result.backend, part: part.numShards > 1 ? part : null }));
+      },
+    )
+    .command(
       'merge <dir>',
       'join the parts of a partitioned ingest or predict (--num-shards N): every part present and intact, one config; exit 2 naming what is missing',
       (y) =>

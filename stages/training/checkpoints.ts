@@ -26,9 +26,9 @@ export async function requireClassifier(path: string, flag: string, hint: string
   return { dir, classes, state: peek.state };
 }
 
-/** Identity of a classifier checkpoint: the sha256 of its classifier's topology and weights. */
-export async function classifierHash(checkpointDir: string): Promise<string> {
+/** Identity of one model of a checkpoint (its classifier by default): the sha256 of its topology and weights. */
+export async function classifierHash(checkpointDir: string, model = 'classifier'): Promise<string> {
   const hash = createHash('sha256');
-  for (const file of ['model.json', 'weights.bin']) hash.update(await readFile(join(checkpointDir, 'classifier', file)));
+  for (const file of ['model.json', 'weights.bin']) hash.update(await readFile(join(checkpointDir, model, file)));
   return hash.digest('hex');
 }
