@@ -1,17 +1,13 @@
 // The distill stage: SimCLRv2's third step. The fine-tuned teacher labels the images (its logits
 // cached as a `logits` dataset, or run on each augmented view), a student learns its soft labels.
 import * as tf from '@tensorflow/tfjs';
-import { createHash } from 'node:crypto';
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AugmentPool, augmentBatches, type AugmentedBatch } from '../augment/pool.ts';
-import { exists, writeFileAtomic } from '../data/files.ts';
+import { writeFileAtomic } from '../data/files.ts';
 import { holdoutSplit, parseLabelSpec, selectLabeled } from '../data/labels.ts';
-import { datasetHash, readDataset, readManifest, writeManifest, type DatasetManifest } from '../data/manifest.ts';
-import { gatherImages, loadImages, type InMemoryImages } from '../data/memory.ts';
+import { datasetHash, readManifest } from '../data/manifest.ts';
+import { gatherImages, loadImages } from '../data/memory.ts';
 import { epochPermutation } from '../data/random.ts';
-import { SCHEMA_VERSION, schemaInfo } from '../data/schemas.ts';
-import { writeShards, type ShardFile } from '../data/shards.ts';
 import { loadCheckpoint } from '../models/checkpoint.ts';
 import { buildClassifier, topOneAccuracy, classifierLogits, classifierParts } from '../models/classifier.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
@@ -20,9 +16,10 @@ import { distillationLoss } from '../models/losses.ts';
 import { makeOptimizer, type OptimizerName } from '../models/optimizers.ts';
 import { buildEncoder, ENCODERS } from '../models/resnet.ts';
 import { defaultWarmupEpochs, scaledLearningRate, warmupCosine } from '../models/schedules.ts';
-import { embed, pixelsToTensor } from '../models/simclr.ts';
+import { pixelsToTensor } from '../models/simclr.ts';
 import { trainStep } from '../models/train-step.ts';
 import { withDefaults } from './options.ts';
+import { collectMapped, mapInputShards, type ShardMapSpec } from './shard-map.ts';
 import { imageBatches } from './training/batches.ts';
 import { classifierHash, requireClassifier } from './training/checkpoints.ts';
 import { openTraining, TrainingInputError, trainingLoop, type TrainingStageOptions } from './training/loop.ts';
@@ -106,123 +103,12 @@ export const DISTILL_DEFAULTS = {
 } as const satisfies Partial<DistillOptions>;
 
 
-/** What one input shard's teacher logits were computed from; `logits-<input shard name>.json` beside its shard. */
-interface LogitsPart {
-  input_sha256: string;
-  teacher_sha256: string;
-  shard: ShardFile;
-  /** The part job that computed it, when one did. */
-  part?: { index: number; count: number };
-}
-
-/**
- * `logits-<input shard's name>`: keyed by the input shard, not its position, so after an
- * incremental ingest (which keeps untouched shards, rewrites others under new names and drops
- * emptied ones, moving the rest) each kept shard still finds its logits.
- */
-function partName(input: ShardFile): string {
-  const stem = input.path.replace(/\.arrow$/, '');
-  const plain = stem.replace(/[^A-Za-z0-9._-]/g, '_');
-  return `logits-${plain === stem ? plain : `${plain}-${createHash('sha256').update(input.path).digest('hex').slice(0, 8)}`}`;
-}
-const partFile = (dir: string, input: ShardFile) => join(dir, `${partName(input)}.json`);
-
-/**
- * The teacher's logits (inference mode, un-augmented images) for the input shards of this job's
- * part (shard i where i mod numShards = shardIndex), one `logits` shard per input shard in `dir`,
- * each recorded with the input shard's and the teacher's sha256: a shard already done for the same
- * pair is skipped, so parts can run as separate jobs and later runs reuse unchanged shards.
- */
-async function computeTeacherLogits(
-  teacher: tf.LayersModel,
-  all: InMemoryImages,
-  data: DatasetManifest,
-  dir: string,
-  teacherSha256: string,
-  part: { shardIndex: number; numShards: number },
-  log: (line: string) => void,
-): Promise<{ computed: number; reused: number; seconds: number }> {
-  await mkdir(dir, { recursive: true });
-  const k = all.classes.length;
-  const info = schemaInfo('logits', { dim: k }, all.classes);
-  const per = all.height * all.width * 3;
-  let start = 0;
-  let computed = 0;
-  let reused = 0;
-  const t0 = performance.now();
-  const records = await Promise.all(data.shards.map((input) => readPart(partFile(dir, input))));
-  const current = (i: number) => {
-    const done = records[i];
-    return done !== null && done.input_sha256 === data.shards[i].sha256 && done.teacher_sha256 === teacherSha256;
-  };
-  // After part jobs, the run without parts computes only what none of them left: say which part that was.
-  const partCount = part.numShards === 1 ? records.find((r, i) => r?.part && current(i))?.part?.count : undefined;
-  if (partCount !== undefined) {
-    const missing = [...new Set(data.shards.map((_, i) => i).filter((i) => !current(i)).map((i) => i % partCount))];
-    if (missing.length > 0) log(`distill: teacher-logits part(s) ${missing.join(', ')} of ${partCount} missing or stale (distill-part-I-of-${partCount} did not complete for this teacher and data); computing their shards here`);
-  }
-  for (const [i, input] of data.shards.entries()) {
-    const rows = { from: start, to: start + input.rows };
-    start = rows.to;
-    if (i % part.numShards !== part.shardIndex) continue;
-    const done = records[i];
-    if (done && current(i) && (await exists(join(dir, done.shard.path)))) {
-      reused++;
-      continue;
-    }
-    const logits = embed(teacher, all.pixels.subarray(rows.from * per, rows.to * per), input.rows, all.height); // [rows, K]
-    const values = logits.dataSync() as Float32Array;
-    logits.dispose();
-    const ids = all.ids.slice(rows.from, rows.to);
-    const labels = Array.from(all.labels.subarray(rows.from, rows.to), (l) => (l < 0 ? null : l));
-    const [shard, ...more] = await writeShards({ dir, schema: info, prefix: partName(input), maxRows: Math.max(1, input.rows) }, [{ id: ids, label: labels, logits: values }]);
-    if (more.length > 0) throw new Error(`distill: the logits of input shard ${i} did not fit one shard`);
-    await writeFileAtomic(partFile(dir, input), JSON.stringify({ input_sha256: input.sha256, teacher_sha256: teacherSha256, shard, ...(part.numShards > 1 ? { part: { index: part.shardIndex, count: part.numShards } } : {}) } satisfies LogitsPart) + '\n');
-    computed++;
-  }
-  const seconds = (performance.now() - t0) / 1000;
-  log(`distill: teacher logits: ${computed} input shard(s) computed, ${reused} reused${part.numShards > 1 ? ` (part ${part.shardIndex} of ${part.numShards})` : ''} in ${seconds.toFixed(1)} s → ${dir}`);
-  return { computed, reused, seconds };
-}
-
-async function readPart(path: string): Promise<LogitsPart | null> {
-  try {
-    return JSON.parse(await readFile(path, 'utf8')) as LogitsPart;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Every input shard's teacher logits in dataset order, once all parts are done: writes the logits
- * dataset's manifest.json and reads the logits back through it (so they are verified like any
- * dataset). A part that is missing or of another teacher or input is named.
- */
-async function collectTeacherLogits(all: InMemoryImages, data: DatasetManifest, dir: string, hashes: { teacher: string; data: string }): Promise<Float32Array> {
-  const shards: ShardFile[] = [];
-  const missing: number[] = [];
-  for (const [i, input] of data.shards.entries()) {
-    const done = await readPart(partFile(dir, input));
-    if (!done || done.input_sha256 !== input.sha256 || done.teacher_sha256 !== hashes.teacher) missing.push(i);
-    else shards.push(done.shard);
-  }
-  if (missing.length > 0) throw new TrainingInputError(`distill: teacher logits missing for input shard(s) ${missing.join(', ')} in ${dir}; run the parts (--shard-index/--num-shards) or distill without them`);
-  const k = all.classes.length;
-  const counts: Record<string, number> = Object.fromEntries(all.classes.map((c) => [c, 0]));
-  for (const l of all.labels) if (l >= 0) counts[all.classes[l]]++;
-  const manifest: DatasetManifest = { schema_version: SCHEMA_VERSION, schema: 'logits', rows: all.ids.length, classes: all.classes, class_counts: counts, dim: k, shards, teacher_sha256: hashes.teacher, data_sha256: hashes.data };
-  await writeManifest(dir, manifest);
-  // Logits of input shards the dataset no longer has (an incremental ingest rewrote or dropped them).
-  const keep = new Set([...data.shards.map((s) => `${partName(s)}.json`), ...shards.map((s) => s.path)]);
-  for (const f of await readdir(dir)) if (/^logits-.*\.(json|arrow)$/.test(f) && !keep.has(f)) await rm(join(dir, f), { force: true });
-  const out = new Float32Array(all.ids.length * k);
-  let row = 0;
-  for await (const batch of readDataset<'logits'>(dir, { schema: 'logits' })) {
-    out.set(batch.columns.logits, row * k);
-    row += batch.numRows;
-  }
-  return out;
-}
+const TEACHER_LOGITS: ShardMapSpec = {
+  schema: 'logits',
+  what: 'distill: teacher logits',
+  missingHint: 'run the parts (--shard-index/--num-shards) or distill without them',
+  partJobs: (count) => `distill-part-I-of-${count}`,
+};
 
 const countParameters = (model: tf.LayersModel) => model.countParams();
 
@@ -284,8 +170,8 @@ export async function distill(options: DistillOptions): Promise<DistillResult> {
     const hashes = { teacher: await classifierHash(teacherDir), data: datasetHash(dataManifest) };
     const logitsDir = join(r.outDir, 'teacher-logits');
     // Every input shard not yet done (by part jobs or an earlier run) is computed here.
-    const teacherPass = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
-    const cached = await collectTeacherLogits({ ...all, classes }, dataManifest, logitsDir, hashes);
+    const teacherPass = await mapInputShards(TEACHER_LOGITS, teacher, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, { shardIndex: 0, numShards: 1 }, log);
+    const { values: cached } = await collectMapped(TEACHER_LOGITS, { ...all, classes }, dataManifest, logitsDir, hashes.teacher, k, { teacher_sha256: hashes.teacher, data_sha256: hashes.data });
     const rowOf = new Map(all.ids.map((id, i) => [id, i]));
     // Labeled ids for the α·CE term.
     let labelOf = new Map<string, number>();
@@ -450,7 +336,7 @@ export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Prom
   const teacher = (await loadCheckpoint(teacherDir, { models: ['classifier'] })).models.classifier;
   try {
     const logitsDir = join(options.outDir, 'teacher-logits');
-    const done = await computeTeacherLogits(teacher, { ...all, classes }, dataManifest, logitsDir, await classifierHash(teacherDir), { shardIndex, numShards }, log);
+    const done = await mapInputShards(TEACHER_LOGITS, teacher, { ...all, classes }, dataManifest, logitsDir, await classifierHash(teacherDir), { shardIndex, numShards }, log);
     return { teacherLogits: logitsDir, ...done, backend: backend.name };
   } finally {
     teacher.dispose();

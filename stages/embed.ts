@@ -41,6 +41,7 @@ const SPEC: ShardMapSpec = {
   schema: 'embeddings',
   what: 'embed: embeddings',
   missingHint: 'run the parts (--shard-index/--num-shards) or embed without them',
+  partJobs: (count) => `embed --shard-index I --num-shards ${count}`,
 };
 
 export async function embedDataset(options: EmbedOptions): Promise<EmbedResult> {

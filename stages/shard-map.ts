@@ -25,6 +25,8 @@ export interface ShardMapSpec {
   what: string;
   /** What to do when parts are missing at collection (the command without parts computes them). */
   missingHint: string;
+  /** The part jobs, told when some did not complete, e.g. `distill-part-I-of-4`. */
+  partJobs: (count: number) => string;
 }
 
 /** What one input shard's output was computed from; `<schema>-<input shard's name>.json` beside its shard. */
@@ -87,7 +89,7 @@ export async function mapInputShards(
   const partCount = part.numShards === 1 ? records.find((r, i) => r?.part && current(i))?.part?.count : undefined;
   if (partCount !== undefined) {
     const missing = [...new Set(data.shards.map((_, i) => i).filter((i) => !current(i)).map((i) => i % partCount))];
-    if (missing.length > 0) log(`${spec.what}: part(s) ${missing.join(', ')} of ${partCount} missing or stale (those part jobs did not complete for this model and data); computing their shards here`);
+    if (missing.length > 0) log(`${spec.what}: part(s) ${missing.join(', ')} of ${partCount} missing or stale (${spec.partJobs(partCount)} did not complete for this model and data); computing their shards here`);
   }
   for (const [i, input] of data.shards.entries()) {
     const rows = { from: start, to: start + input.rows };

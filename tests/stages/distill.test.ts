@@ -101,7 +101,7 @@ describe('distill stage', () => {
     await teacherLogitsPart({ data: sharded, teacher: teacherDir, outDir, shardIndex: 0, numShards: 2, backend: 'wasm' });
     const lines: string[] = [];
     await distill({ ...common, data: sharded, outDir, epochs: 1, log: (l) => lines.push(l) });
-    expect(lines.join('\n')).toMatch(/teacher-logits part\(s\) 1 of 2 missing or stale \(distill-part-I-of-2 did not complete/);
+    expect(lines.join('\n')).toMatch(/teacher logits: part\(s\) 1 of 2 missing or stale \(distill-part-I-of-2 did not complete/);
     expect(lines.join('\n')).toMatch(/teacher logits: 1 input shard\(s\) computed, 2 reused/);
   });
 
