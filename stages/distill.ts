@@ -88,8 +88,11 @@ export const DISTILL_DEFAULTS = {
   holdout: 0,
   epochs: 30,
   batchSize: 128,
-  // LARS at 0.075·√batch, SimCLR's square-root scaling; no weight decay beyond SimCLR's tiny one.
-  lr: 0.075,
+  // LARS at 0.3·√batch (square-root scaling): a student from random weights learns its teacher's
+  // soft labels far faster than at pretraining's 0.075 (quickstart, 10 % teacher 56.3 %, 20 epochs:
+  // 0.075 → 33.1 %, 0.3 → 52.5 %, 0.6 → 56.9 %, 1.2 → 53.8 %; CIFAR-10 at batch 256: README).
+  // No weight decay beyond SimCLR's tiny one.
+  lr: 0.3,
   optimizer: 'lars',
   weightDecay: 1e-6,
   momentum: 0.9,
