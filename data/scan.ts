@@ -182,5 +182,10 @@ export function limitPerClass(entries: ScanEntry[], limit: number): ScanEntry[] 
  * one-process ingest in the same order (and trains the same with the same seed).
  */
 export function takePart<T>(entries: T[], index: number, count: number): T[] {
-  return count === 1 ? entries : entries.slice(Math.floor((index * entries.length) / count), Math.floor(((index + 1) * entries.length) / count));
+  return count === 1 ? entries : entries.slice(...partRange(entries.length, index, count));
+}
+
+/** The [from, to) positions of part `index` of `count` of a list of `length` (see takePart). */
+export function partRange(length: number, index: number, count: number): [number, number] {
+  return [Math.floor((index * length) / count), Math.floor(((index + 1) * length) / count)];
 }

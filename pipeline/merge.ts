@@ -1,10 +1,9 @@
 // `pipeline merge DIR`: the parts of a partitioned ingest checked (all there, shards intact, one
 // config) and joined into DIR/manifest.json; in a run dir also the ingest stage's manifest.
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { writeFileAtomic } from '../data/files.ts';
-import { ManifestError, mergePartManifests, type DatasetManifest } from '../data/manifest.ts';
+import { ManifestError, mergePartManifests, sha256File, type DatasetManifest } from '../data/manifest.ts';
 import { acquireRunLock } from './lock.ts';
 import { readStageManifest, type StageManifest } from './runner.ts';
 import { partDirName } from './stages.ts';
@@ -133,8 +132,8 @@ export async function mergePredictionParts({ out: given, log = () => {} }: { out
   const records: Record[] = [];
   for (const file of files) {
     const record = JSON.parse(await readFile(`${file}.json`, 'utf8')) as Record;
-    const bytes = await readFile(file).catch(() => null);
-    if (bytes === null || createHash('sha256').update(bytes).digest('hex') !== record.sha256) throw new ManifestError(file, `cannot merge: missing or not the file its record describes (sha256); re-run part ${record.part.index}`);
+    const sha256 = await sha256File(file).catch(() => null);
+    if (sha256 !== record.sha256) throw new ManifestError(file, `cannot merge: missing or not the file its record describes (sha256); re-run part ${record.part.index}`);
     const first = records[0];
     if (first && (record.checkpoint_sha256 !== first.checkpoint_sha256 || record.input !== first.input || record.format !== first.format || record.top_k !== first.top_k)) {
       throw new ManifestError(`${file}.json`, `cannot merge: made with another ${record.checkpoint_sha256 !== first.checkpoint_sha256 ? 'classifier' : record.input !== first.input ? `input (${record.input}, part 0: ${first.input})` : 'format or top-k'} than part 0 (parts of two runs); re-run the parts with one command`);

@@ -19,7 +19,7 @@ import { defaultWarmupEpochs, scaledLearningRate, warmupCosine } from '../models
 import { pixelsToTensor } from '../models/simclr.ts';
 import { trainStep } from '../models/train-step.ts';
 import { withDefaults } from './options.ts';
-import { collectMapped, mapInputShards, type ShardMapSpec } from './shard-map.ts';
+import { checkPart, collectMapped, mapInputShards, type ShardMapSpec } from './shard-map.ts';
 import { imageBatches } from './training/batches.ts';
 import { classifierHash, requireClassifier } from './training/checkpoints.ts';
 import { openTraining, TrainingInputError, trainingLoop, type TrainingStageOptions } from './training/loop.ts';
@@ -328,8 +328,7 @@ export interface TeacherLogitsPartOptions {
  */
 export async function teacherLogitsPart(options: TeacherLogitsPartOptions): Promise<{ teacherLogits: string; computed: number; reused: number; seconds: number; backend: string }> {
   const { shardIndex, numShards } = options;
-  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`distill.numShards must be an integer >= 1, got ${numShards}`);
-  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`distill.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+  checkPart('distill', shardIndex, numShards);
   const log = options.log ?? (() => {});
   const { dir: teacherDir, classes } = await requireClassifier(options.teacher, 'distill.teacher', 'give a finetune stage directory');
   const backend = await useBackend(options.backend ?? 'auto', log);

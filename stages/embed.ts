@@ -7,7 +7,7 @@ import { datasetHash, readManifest, type DatasetManifest } from '../data/manifes
 import { loadImages } from '../data/memory.ts';
 import { loadCheckpoint } from '../models/checkpoint.ts';
 import { useBackend, type BackendName } from '../models/engine/backend.ts';
-import { collectMapped, mapInputShards, type ShardMapSpec } from './shard-map.ts';
+import { checkPart, collectMapped, mapInputShards, type ShardMapSpec } from './shard-map.ts';
 import { classifierHash, requireCheckpoint } from './training/checkpoints.ts';
 import { TrainingInputError } from './training/loop.ts';
 
@@ -47,8 +47,7 @@ const SPEC: ShardMapSpec = {
 export async function embedDataset(options: EmbedOptions): Promise<EmbedResult> {
   const shardIndex = options.shardIndex ?? 0;
   const numShards = options.numShards ?? 1;
-  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`embed.numShards must be an integer >= 1, got ${numShards}`);
-  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`embed.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+  checkPart('embed', shardIndex, numShards);
   const log = options.log ?? (() => {});
   const dir = await requireCheckpoint(options.checkpoint, `embed.checkpoint ${options.checkpoint}: no checkpoint there (give a pretrain stage directory)`);
   const peek = await loadCheckpoint(dir, { models: [] });

@@ -1,13 +1,13 @@
 // `pipeline predict`: a trained classifier applied to new images (a folder, a CSV list or an
 // images dataset), decoded exactly as ingest decodes them, one row per image → CSV or Arrow.
 import * as tf from '@tensorflow/tfjs';
-import { createHash } from 'node:crypto';
-import { copyFile, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { csvField } from '../data/csv.ts';
 import { writeFileAtomic } from '../data/files.ts';
-import { MANIFEST_FILE, partPrefix, readManifest } from '../data/manifest.ts';
+import { MANIFEST_FILE, partPrefix, readManifest, sha256File } from '../data/manifest.ts';
+import { partRange } from '../data/scan.ts';
 import { loadImages, type InMemoryImages } from '../data/memory.ts';
 import { schemaInfo } from '../data/schemas.ts';
 import { writeShards } from '../data/shards.ts';
@@ -16,6 +16,7 @@ import { useBackend, type BackendName } from '../models/engine/backend.ts';
 import { embed } from '../models/simclr.ts';
 import { ingest } from './ingest.ts';
 import { withDefaults } from './options.ts';
+import { checkPart } from './shard-map.ts';
 import { classifierHash, requireClassifier } from './training/checkpoints.ts';
 import { TrainingInputError } from './training/loop.ts';
 
@@ -80,15 +81,6 @@ async function isDataset(path: string): Promise<boolean> {
   return stat(join(path, MANIFEST_FILE)).then((s) => s.isFile(), () => false);
 }
 
-/** Part `index` of `count` of the rows: a contiguous run, as ingest cuts a sorted list. */
-function takeRows(images: InMemoryImages, index: number, count: number): InMemoryImages {
-  if (count === 1) return images;
-  const n = images.ids.length;
-  const [from, to] = [Math.floor((index * n) / count), Math.floor(((index + 1) * n) / count)];
-  const per = images.height * images.width * 3;
-  return { ...images, ids: images.ids.slice(from, to), labels: images.labels.slice(from, to), pixels: images.pixels.slice(from * per, to * per) };
-}
-
 export async function predict(options: PredictOptions): Promise<PredictResult> {
   const r = withDefaults(PREDICT_DEFAULTS, options);
   if (!Number.isInteger(r.topK) || r.topK < 1) throw new TrainingInputError(`predict.topK must be an integer >= 1, got ${r.topK}`);
@@ -97,8 +89,7 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
   if (format === null) throw new TrainingInputError(`predict.out ${r.out}: must end in .csv or .arrow`);
   const shardIndex = r.shardIndex ?? 0;
   const numShards = r.numShards ?? 1;
-  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`predict.numShards must be an integer >= 1, got ${numShards}`);
-  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`predict.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+  checkPart('predict', shardIndex, numShards);
   const out = numShards > 1 ? partOutput(r.out, shardIndex, numShards) : r.out;
   const log = r.log ?? (() => {});
 
@@ -118,7 +109,9 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
     if (await isDataset(r.input)) {
       const m = await readManifest(r.input);
       if (m.schema !== 'images') throw new TrainingInputError(`predict.input ${r.input}: holds ${m.schema}, not images`);
-      images = takeRows(await loadImages(r.input), shardIndex, numShards);
+      // A part: the contiguous run of rows ingest's parts would cut (data/scan.ts partRange).
+      const [from, to] = partRange(m.rows, shardIndex, numShards);
+      images = await loadImages(r.input, { filter: (i) => i >= from && i < to });
       if (images.height !== size || images.width !== size) throw new TrainingInputError(`predict.input ${r.input}: ${images.height}x${images.width} px images, the classifier takes ${size}x${size} (give the image folder, which is resized as ingest does)`);
     } else {
       const decoded = await ingest({ input: r.input, outDir: scratch, size, workers: r.workers, shardIndex, numShards, log: () => {}, onProgress: (done, total) => r.onProgress?.(done, total, 'decode') }).catch((err: unknown) => {
@@ -189,7 +182,7 @@ export async function predict(options: PredictOptions): Promise<PredictResult> {
         top_k: format === 'csv' ? Math.min(r.topK, k) : k,
         rows: n,
         rejected,
-        sha256: createHash('sha256').update(await readFile(out)).digest('hex'),
+        sha256: await sha256File(out),
       };
       await writeFileAtomic(`${out}.json`, JSON.stringify(record) + '\n');
     }

@@ -17,6 +17,12 @@ import { TrainingInputError } from './training/loop.ts';
 
 export type MappedSchema = 'logits' | 'embeddings';
 
+/** A part job's --shard-index/--num-shards checked for `stage` (the CLI's shardFromEnvironment checks them first). */
+export function checkPart(stage: string, shardIndex: number, numShards: number): void {
+  if (!Number.isInteger(numShards) || numShards < 1) throw new TrainingInputError(`${stage}.numShards must be an integer >= 1, got ${numShards}`);
+  if (!Number.isInteger(shardIndex) || shardIndex < 0 || shardIndex >= numShards) throw new TrainingInputError(`${stage}.shardIndex must be in [0, numShards = ${numShards}), got ${shardIndex}`);
+}
+
 /** What is mapped and how it is told in logs and errors. */
 export interface ShardMapSpec {
   /** Output schema; also the prefix of its files (`logits-<input shard>.arrow`). */
