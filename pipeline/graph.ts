@@ -76,8 +76,8 @@ function withTopLevelSet(file: ConfigFile | undefined, set: readonly string[]): 
   });
   if (top.length === 0) return { file, set };
   const base: ConfigFile = file ?? { path: '--set', common: {}, stages: {} };
-  const common = { ...Object.fromEntries(Object.entries(base.common).filter(([k]) => normaliseKey(k) !== 'holdout')) };
-  for (const entry of top) common.holdout = entry.slice(entry.indexOf('=') + 1);
+  const last = top[top.length - 1]; // as with any --set, the last one wins
+  const common = { ...Object.fromEntries(Object.entries(base.common).filter(([k]) => normaliseKey(k) !== 'holdout')), holdout: last.slice(last.indexOf('=') + 1) };
   return { file: { ...base, common }, set: set.filter((e) => !top.includes(e)) };
 }
 
